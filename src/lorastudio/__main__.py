@@ -1,0 +1,5 @@
+"""`python -m lorastudio` runs the CLI."""
+
+from lorastudio.cli.main import main
+
+main()
