@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-browser demo test bench clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/lorastudio demo --out demo_out
 
-test: setup
+# Optional: headless Chromium for the report test (tests/evaluation skips it when absent).
+# Needs root and Debian's apt; any failure only prints a note.
+setup-browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "note: chromium not installed; the report browser test will be skipped"
+
+test: setup setup-browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

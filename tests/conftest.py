@@ -9,3 +9,31 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+# --- tiny real pipelines (owner: tiny-models). Built once per test session; treat as read-only.
+import pytest  # noqa: E402
+
+
+def _build_tiny(tmp_path_factory, family: str):
+    from lorastudio.models.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(family, tmp_path_factory.mktemp(f"tiny_{family}") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir(tmp_path_factory):
+    """A tiny seeded SD1.5-architecture pipeline folder (diffusers layout)."""
+    return _build_tiny(tmp_path_factory, "sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_dir(tmp_path_factory):
+    """A tiny seeded SD2-architecture pipeline folder (v-prediction, linear projection)."""
+    return _build_tiny(tmp_path_factory, "sd2")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A tiny seeded SDXL-architecture pipeline folder (two text encoders)."""
+    return _build_tiny(tmp_path_factory, "sdxl")

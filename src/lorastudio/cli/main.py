@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "enhance": ("lorastudio.cli.enhance", "Image-to-image with a style LoRA."),
     "sample": ("lorastudio.cli.sample", "Fixed-seed grids of prompts x LoRA scales x checkpoints."),
     "evaluate": ("lorastudio.cli.evaluate", "Score checkpoints and recommend one."),
+    "report": ("lorastudio.cli.report", "Write a run's self-contained HTML report."),
     "demo": ("lorastudio.cli.demo", "Run the whole workflow on a generated toy dataset."),
     "make-tiny": ("lorastudio.cli.make_tiny", "Build a tiny (or SD1.5-size) random model in diffusers layout."),
 }

@@ -190,8 +190,12 @@ def commented_yaml(cfg: BaseModel, indent: int = 0) -> str:
             out.append(commented_yaml(value, indent + 1))
             out.append("")
             continue
-        dumped = value.model_dump(mode="json") if isinstance(value, BaseModel) else _jsonable(value)
-        rendered = yaml.safe_dump({name: dumped}, sort_keys=False, default_flow_style=None, allow_unicode=True)
+        dumped = _jsonable(value)
+        if isinstance(dumped, list) and all(not isinstance(v, (dict, list)) for v in dumped):
+            # JSON is valid YAML and keeps short lists on one line.
+            out.append(f"{pad}{name}: {json.dumps(dumped, ensure_ascii=False)}")
+            continue
+        rendered = yaml.safe_dump({name: dumped}, sort_keys=False, default_flow_style=False, allow_unicode=True)
         out.extend(pad + line for line in rendered.rstrip("\n").splitlines())
     return "\n".join(out)
 

@@ -51,16 +51,21 @@ class Record(BaseModel):
     caption_source: dict[str, Any] | None = None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file + fsync + rename, so readers never see half."""
+def atomic_write_text(path: Path, text: str, *, fsync: bool = True) -> None:
+    """Write `text` to `path` through a temp file (+ fsync) + rename, so readers never see half.
+
+    `fsync=False` is for files that can be regenerated from the manifest (sidecars): the
+    rename still keeps them whole, and skipping the flush saves ~1 ms per file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -142,6 +147,7 @@ def write_sidecar(dataset_dir: Path | str, record: dict[str, Any]) -> None:
     path = sidecar_path(dataset_dir, record)
     text = record.get("caption_text")
     if text:
-        atomic_write_text(path, text.strip() + "\n")
+        # Sidecars are derived from the manifest, which is fsynced; they need no flush of their own.
+        atomic_write_text(path, text.strip() + "\n", fsync=False)
     else:
         path.unlink(missing_ok=True)

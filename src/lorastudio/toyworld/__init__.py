@@ -1,1 +1,1 @@
-"""toyworld"""
+"""The toy world: procedural food-photo-like scenes with ground-truth specs and captions."""

@@ -1,0 +1,153 @@
+"""Style contamination: what the images show against what the captions say.
+
+For every attribute some detector looked at: `present_rate` (share of assessed images where
+a detector sees it), `mention_rate` (share of captions naming it, synonyms included), the
+images where it is present but unnamed, the images whose caption names it while every
+detector is confident it is absent, and a verdict:
+
+- `contaminant`: present in at least `min_present` of the images and named in fewer than
+  half of them; the trigger will absorb it;
+- `style constant`: a subjective attribute present in (nearly) every image; it may be the
+  very look the LoRA should own, so the user decides;
+- `ok`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lorastudio.audit.detectors import PRESENT, Evidence
+from lorastudio.audit.rules import Finding
+from lorastudio.captions.vocab import DEFAULT_MIN_PRESENT, Vocabulary
+
+STYLE_CONSTANT_RATE = 0.9
+NAMED_ENOUGH = 0.5
+CONTAMINANT = "contaminant"
+STYLE_CONSTANT = "style constant"
+OK = "ok"
+
+
+@dataclass
+class AttributeRow:
+    """The contamination figures for one attribute."""
+
+    id: str
+    phrase: str
+    group: str
+    kind: str
+    sources: list[str]
+    assessed: int
+    present_rate: float
+    mention_rate: float
+    min_present: float
+    verdict: str
+    present_unnamed: list[str] = field(default_factory=list)
+    named_absent: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (rates rounded to 4 places)."""
+        d = asdict(self)
+        d["present_rate"] = round(self.present_rate, 4)
+        d["mention_rate"] = round(self.mention_rate, 4)
+        return d
+
+
+def _combine(evidences: Sequence[Evidence], attr_id: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Per image: assessed, present (any witness says so), confidently absent (every witness agrees)."""
+    stacks, limits, sources = [], [], []
+    for ev in evidences:
+        probs = ev.probs.get(attr_id)
+        if probs is not None and np.isfinite(probs).any():
+            stacks.append(np.asarray(probs, dtype=np.float32))
+            limits.append(ev.absent_below)
+            sources.append(ev.source)
+    if not stacks:
+        none = np.zeros(n, bool)
+        return none, none, none, []
+    arr = np.stack(stacks)
+    seen = np.isfinite(arr)
+    assessed = seen.any(axis=0)
+    present = np.where(seen, arr, -1.0).max(axis=0) >= PRESENT
+    sure_absent = np.where(seen, arr <= np.array(limits, dtype=np.float32)[:, None], True).all(axis=0)
+    return assessed, present, assessed & sure_absent, sources
+
+
+def _named_by(evidences: Sequence[Evidence], attr_id: str) -> set[str]:
+    ids = {attr_id}
+    for ev in evidences:
+        ids.update(ev.named_by.get(attr_id, ()))
+    return ids
+
+
+def contamination_table(vocab: Vocabulary, image_ids: Sequence[str], mentions: Sequence[set[str]],
+                        evidences: Sequence[Evidence], min_present: float = DEFAULT_MIN_PRESENT) -> list[AttributeRow]:
+    """One row per attribute that at least one detector assessed, worst verdicts first.
+
+    `min_present` applies to attributes whose pack keeps the default threshold; a pack that
+    sets its own `min_present` for an attribute wins.
+    """
+    n = len(image_ids)
+    covered = sorted({a for ev in evidences for a in ev.covered()})
+    rows = []
+    for attr_id in covered:
+        attr = vocab.by_id(attr_id)
+        seen, present, absent, sources = _combine(evidences, attr_id, n)
+        assessed = int(seen.sum())
+        if assessed == 0:
+            continue
+        names = _named_by(evidences, attr_id)
+        named = np.array([bool(m & names) for m in mentions], dtype=bool)
+        threshold = attr.min_present if attr.min_present != DEFAULT_MIN_PRESENT else min_present
+        present_rate = float(present.sum()) / assessed
+        named_share = float((present & named).sum()) / max(int(present.sum()), 1)
+        if attr.kind == "subjective" and present_rate >= STYLE_CONSTANT_RATE:
+            verdict = STYLE_CONSTANT
+        elif present_rate >= threshold and named_share < NAMED_ENOUGH:
+            verdict = CONTAMINANT
+        else:
+            verdict = OK
+        rows.append(AttributeRow(
+            id=attr_id, phrase=attr.phrase, group=attr.group, kind=attr.kind, sources=sources, assessed=assessed,
+            present_rate=present_rate, mention_rate=float(np.mean([attr_id in m for m in mentions])) if n else 0.0,
+            min_present=threshold, verdict=verdict,
+            present_unnamed=[image_ids[i] for i in np.flatnonzero(present & ~named)],
+            named_absent=[image_ids[i] for i in np.flatnonzero(absent & np.array([attr_id in m for m in mentions]))],
+        ))
+    order = {CONTAMINANT: 0, STYLE_CONSTANT: 1, OK: 2}
+    rows.sort(key=lambda r: (order[r.verdict], -r.present_rate, r.id))
+    return rows
+
+
+def _ids(ids: Sequence[str], limit: int = 6) -> str:
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def contamination_findings(rows: Sequence[AttributeRow]) -> list[Finding]:
+    """Findings from the table: contaminants, partly named attributes, style constants, hallucinations."""
+    out = []
+    for r in rows:
+        where = f"present in {r.present_rate:.0%} of images (by {', '.join(r.sources)}), named in {r.mention_rate:.0%} of captions"
+        if r.verdict == CONTAMINANT:
+            out.append(Finding("contamination.contaminant", "error", None,
+                               f"'{r.phrase}' ({r.id}) is {where}: the trigger will absorb it",
+                               f"name '{r.phrase}' in slot 4 of {_ids(r.present_unnamed)} "
+                               "(`lorastudio audit --fix --yes` does this)"))
+        elif r.verdict == STYLE_CONSTANT:
+            effect = ("naming it everywhere may pull that look away from the trigger" if r.mention_rate >= NAMED_ENOUGH
+                      else "left unnamed, the trigger will learn it as part of the style")
+            out.append(Finding("contamination.style_constant", "info", None,
+                               f"'{r.phrase}' ({r.id}) is {where}: a style constant; {effect}",
+                               "your choice: leave it unnamed if it is the style you teach, name it if it is not"))
+        elif r.present_unnamed and r.present_rate >= r.min_present:
+            out.append(Finding("contamination.partly_named", "warning", None,
+                               f"'{r.phrase}' ({r.id}) is {where}; unnamed in {len(r.present_unnamed)} images",
+                               f"name '{r.phrase}' in slot 4 of {_ids(r.present_unnamed)}"))
+        for image in r.named_absent:
+            out.append(Finding("caption.hallucination", "warning", image,
+                               f"the caption names '{r.phrase}' but {', '.join(r.sources)} is confident it is absent",
+                               f"check the image; remove '{r.phrase}' if it is not there"))
+    return out

@@ -1,0 +1,184 @@
+"""Load a base pipeline and put any number of LoRAs on it, each at its own scale.
+
+A LoRA is named on the command line as `FILE[:SCALE]`. FILE may be a kohya `.safetensors`
+file (ours or another trainer's), a diffusers `pytorch_lora_weights.safetensors`, a folder
+holding one, or one of our checkpoint folders (`checkpoints/step_N`, `final/`). Each file
+becomes one named diffusers adapter, so several can be active at once and their scales
+changed between generations without reloading weights.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Which diffusers class renders each (family, task). Families sd15 and sd2 share classes;
+# the scheduler config in the model folder carries their difference (v-prediction).
+PIPELINE_CLASSES: dict[str, dict[str, str]] = {
+    "text2img": {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"},
+    "img2img": {"sd": "StableDiffusionImg2ImgPipeline", "sdxl": "StableDiffusionXLImg2ImgPipeline"},
+    "controlnet_img2img": {"sd": "StableDiffusionControlNetImg2ImgPipeline", "sdxl": "StableDiffusionXLControlNetImg2ImgPipeline"},
+}
+FAMILIES = ("auto", "sd15", "sd2", "sdxl")
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+class LoadError(ValueError):
+    """A model or LoRA argument that cannot be used; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA to apply: the weights file, its scale and the adapter name it gets."""
+
+    path: Path
+    scale: float
+    name: str
+
+
+def parse_lora_arg(text: str) -> tuple[str, float]:
+    """`FILE[:SCALE]` -> (FILE, SCALE); the scale defaults to 1.0.
+
+    Only a trailing `:number` is a scale, so paths that contain colons still work.
+    """
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def resolve_lora_file(path: Path | str) -> Path:
+    """The `.safetensors` file a LoRA argument names (checkpoint folders included).
+
+    Pickle formats (.ckpt/.pt/.bin) are refused: loading them can run code.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "diffusers" / DIFFUSERS_WEIGHT_NAME, path / DIFFUSERS_WEIGHT_NAME, path / "lora.safetensors"):
+            if candidate.is_file():
+                return candidate
+        raise LoadError(f"{path}: folder holds no LoRA ({DIFFUSERS_WEIGHT_NAME} or lora.safetensors)")
+    if not path.is_file():
+        raise LoadError(f"{path}: no such LoRA file")
+    if path.suffix.lower() != ".safetensors":
+        raise LoadError(f"{path}: LoRA files must be .safetensors ('{path.suffix}' may be a pickle); convert it with `lorastudio export`")
+    return path
+
+
+def _adapter_name(index: int, path: Path) -> str:
+    # PEFT adapter names end up in module attribute paths: keep them to plain identifiers.
+    stem = path.parent.parent.name if path.name == DIFFUSERS_WEIGHT_NAME and path.parent.name == "diffusers" else path.stem
+    return f"lora{index}_" + re.sub(r"[^0-9A-Za-z_]+", "_", stem)[:40]
+
+
+def lora_specs(args: list[str]) -> list[LoraSpec]:
+    """Parse `FILE[:SCALE]` arguments into specs with unique adapter names."""
+    specs = []
+    for i, arg in enumerate(args):
+        raw, scale = parse_lora_arg(arg)
+        path = resolve_lora_file(raw)
+        specs.append(LoraSpec(path=path, scale=scale, name=_adapter_name(i, path)))
+    return specs
+
+
+def resolve_family(model: str, family: str) -> str:
+    """`sd` or `sdxl` for `model`; `auto` reads model_index.json / unet config / file header."""
+    from lorastudio.models.families import FamilyError, detect_family
+
+    if family not in FAMILIES:
+        raise LoadError(f"unknown family '{family}'; use one of {', '.join(FAMILIES)}")
+    if family != "auto":
+        return "sdxl" if family == "sdxl" else "sd"
+    try:
+        found = detect_family(model)
+    except FamilyError as exc:
+        raise LoadError(str(exc)) from None
+    if found is None:
+        if Path(model).exists():
+            raise LoadError(f"{model}: cannot tell the model family (no model_index.json or unet/config.json); pass --family")
+        raise LoadError(f"{model}: not a local folder or file; pass --family sd15|sd2|sdxl for a hub id")
+    return found
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda when available, else cpu; an unavailable cuda is an error, not a fallback."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LoadError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def load_pipeline(model: str, *, family: str = "auto", task: str = "text2img", device: str = "cpu",
+                  dtype: str = "float32", controlnet: Any = None) -> Any:
+    """Load the base model as the diffusers pipeline for `task`, progress bars off.
+
+    `model` is a diffusers folder, a hub id or a single-file `.safetensors` checkpoint.
+    """
+    import diffusers
+
+    from lorastudio.models.families import torch_dtype
+
+    kind = resolve_family(model, family)
+    cls = getattr(diffusers, PIPELINE_CLASSES[task][kind])
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
+    if controlnet is not None:
+        kwargs["controlnet"] = controlnet
+    if kind == "sd":
+        # No safety checker ships with our models; the user chose the base model.
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        if model.endswith(".safetensors"):
+            single = {("torch_dtype" if k == "dtype" else k): v for k, v in kwargs.items()}
+            pipe = cls.from_single_file(model, **single)
+        else:
+            pipe = cls.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"cannot load base model {model}: {exc}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_controlnet(source: str, dtype: str = "float32") -> Any:
+    """A ControlNet from a diffusers folder or hub id (e.g. a canny ControlNet)."""
+    from diffusers import ControlNetModel
+
+    from lorastudio.models.families import torch_dtype
+
+    try:
+        return ControlNetModel.from_pretrained(source, dtype=torch_dtype(dtype))
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"cannot load ControlNet {source}: {exc}") from None
+
+
+def apply_loras(pipe: Any, specs: list[LoraSpec]) -> None:
+    """Load every LoRA as its own adapter and activate them all at their scales."""
+    for spec in specs:
+        try:
+            pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise LoadError(f"{spec.path}: does not fit this base model ({type(exc).__name__}: {exc})") from None
+    set_scales(pipe, specs)
+
+
+def set_scales(pipe: Any, specs: list[LoraSpec]) -> None:
+    """Activate exactly these adapters at these scales (others loaded stay inactive)."""
+    if specs:
+        pipe.set_adapters([s.name for s in specs], adapter_weights=[s.scale for s in specs])
+        return
+    loaded = sorted({name for names in pipe.get_list_adapters().values() for name in names})
+    if loaded:
+        # Scale 0 rather than disable_lora(): a later set_adapters does not undo a disable.
+        pipe.set_adapters(loaded, adapter_weights=[0.0] * len(loaded))
+
+
+def describe_loras(specs: list[LoraSpec]) -> list[dict[str, Any]]:
+    """JSON-ready list of the LoRAs (file and scale), for PNG metadata and reports."""
+    return [{"file": str(s.path), "scale": s.scale, "adapter": s.name} for s in specs]

@@ -1,0 +1,74 @@
+"""Checks that run before any model weights load: machine, model folder, datasets.
+
+Each failure is a `PreflightError` whose message names the config key or file and says
+what to do, so a bad config costs seconds, not a model load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorastudio.config.train import TrainConfig
+from lorastudio.data.dataset import DatasetError, Item, load_all_items
+from lorastudio.models.families import FamilyError, check_model_matches, is_single_file
+from lorastudio.training.optim import OptimizerUnavailable, check_optimizer
+
+
+class PreflightError(ValueError):
+    """The run cannot start; the message names the key or file."""
+
+
+def has_gpu() -> bool:
+    """True when a CUDA device is usable."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_machine(cfg: TrainConfig) -> None:
+    """Precision, dtype and optimizer choices this machine cannot run."""
+    gpu = has_gpu()
+    if cfg.train.mixed_precision == "fp16" and not gpu:
+        raise PreflightError("train.mixed_precision=fp16 needs a CUDA GPU; on CPU use train.mixed_precision=no (or bf16)")
+    if cfg.model.dtype == "float16" and not gpu:
+        raise PreflightError("model.dtype=float16 is not supported for training on CPU; use model.dtype=float32")
+    try:
+        check_optimizer(cfg.train, has_gpu=gpu)
+    except OptimizerUnavailable as exc:
+        raise PreflightError(str(exc)) from None
+
+
+def check_model_path(cfg: TrainConfig) -> None:
+    """The model exists (when local) and belongs to `model.family`."""
+    path = cfg.model.path
+    looks_local = path.startswith((".", "/", "~")) or is_single_file(path) or Path(path).exists()
+    if looks_local and not Path(path).exists():
+        raise PreflightError(f"model.path {path} does not exist; give a diffusers folder, a .safetensors file or a hub id")
+    try:
+        check_model_matches(cfg.model)
+    except FamilyError as exc:
+        raise PreflightError(str(exc)) from None
+
+
+def check_sampling(cfg: TrainConfig) -> None:
+    """Sample sizes must be multiples of 8 (the VAE's downsampling)."""
+    for i, prompt in enumerate(cfg.sample.prompts):
+        for key in ("width", "height"):
+            value = getattr(prompt, key) or getattr(cfg.sample, key)
+            if value % 8:
+                raise PreflightError(f"sample.prompts[{i}].{key}={value} must be a multiple of 8")
+
+
+def preflight(cfg: TrainConfig) -> list[Item]:
+    """Run every check; returns the dataset items so the caller does not read them twice."""
+    check_machine(cfg)
+    check_model_path(cfg)
+    check_sampling(cfg)
+    try:
+        items = load_all_items(cfg.data)
+    except DatasetError as exc:
+        raise PreflightError(str(exc)) from None
+    for item in items:
+        if item.width % 8 or item.height % 8:
+            raise PreflightError(f"{item.image_path}: {item.width}x{item.height} is not a multiple of 8; re-run `lorastudio prepare`")
+    return items

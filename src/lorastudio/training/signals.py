@@ -1,0 +1,53 @@
+"""Graceful stop on Ctrl-C / SIGTERM: the first signal asks the loop to checkpoint and exit;
+a second one exits at once (the last complete checkpoint stays valid because checkpoints
+are written atomically)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType, TracebackType
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class StopRequest:
+    """Installs handlers for SIGINT and SIGTERM while active (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        """True once a stop signal arrived."""
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """130 for SIGINT, 143 for SIGTERM (the shell convention 128 + signal number)."""
+        return EXIT_CODES.get(self.signum, 130) if self.signum is not None else 0
+
+    def request(self, signum: int = signal.SIGINT) -> None:
+        """Ask for a stop as if `signum` arrived (used by the debug stop hook)."""
+        self.signum = signum
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            print("\nsecond interrupt: exiting now; the last complete checkpoint is kept", file=sys.stderr)
+            os._exit(EXIT_CODES.get(signum, 130))
+        self.signum = signum
+        print("\ninterrupt: saving a checkpoint at the current step, then exiting (interrupt again to exit now)", file=sys.stderr)
+
+    def __enter__(self) -> StopRequest:
+        for sig in EXIT_CODES:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
