@@ -82,7 +82,7 @@ def train(name: str, base: Path, dataset: Path, reg: Path | None, out: Path, ste
            "output_dir": str(out / f"run_{name}"), "logging": {"every_n_steps": 50, "tensorboard": False}}
     path = out / f"train_{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    code = run_cli(["train", str(path), "--no-progress"])
+    code = run_cli(["train", str(path), "--no-progress", "--skip-audit"])
     if code != 0:
         sys.exit(f"training {name} failed with exit code {code}")
     return out / f"run_{name}" / "final" / "diffusers"

@@ -91,7 +91,7 @@ def run_lorastudio(res: int, steps: int, warmup: int) -> dict:
     }
     cfg_path = ROOT / f"bench{res}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "lorastudio", "train", str(cfg_path), "--no-progress"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "lorastudio", "train", str(cfg_path), "--no-progress", "--skip-audit"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"lorastudio train failed:\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -9,6 +9,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# Tiny models run fastest on one intra-op thread; on a 2-core machine two spinning OpenMP
+# threads per process (and per subprocess, which inherits this) slow them down many times.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # --- tiny real pipelines (owner: tiny-models). Built once per test session; treat as read-only.

@@ -28,7 +28,7 @@ def test_demo_runs_end_to_end(tmp_path, tiny_sd15_dir):
     assert result.exit_code == 0, result.output
     assert "report:" in result.output and "report.html" in result.output
     # Every stage ran through the real commands.
-    for stage in ("== prepare", "== caption", "== audit", "== audit --fix", "== train", "== samples"):
+    for stage in ("== prepare", "== caption", "== audit", "== audit --fix", "== train", "== run report", "== samples"):
         assert stage in result.output
     records = [json.loads(line) for line in (out / "dataset" / "manifest.jsonl").read_text().splitlines()]
     assert len(records) == 6

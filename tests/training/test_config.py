@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import yaml
-from conftest import base_config, make_dataset, run_cli, write_config
+from train_helpers import base_config, make_dataset, run_cli, write_config
 
 from lorastudio.config.loader import load_config
 from lorastudio.config.train import TrainConfig
@@ -79,3 +79,18 @@ def test_existing_run_dir_is_not_overwritten_without_resume(tmp_path, dataset_di
     assert "already holds checkpoints" in result.output and "--resume auto" in result.output
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_5"]
     assert not (run / "metrics.jsonl").exists()
+
+
+def test_audit_gate_refuses_contaminated_dataset_unless_skipped(tmp_path, tiny_sd15_dir):
+    # Every caption leaves the (grey, random-noise) background unsaid: a contaminant.
+    bare = ["ohwx_kfood_style, a photo of bibimbap"] * 4
+    dataset = make_dataset(tmp_path / "bare", [(32, 32)] * 4, captions=bare)
+    cfg = base_config(tiny_sd15_dir, dataset, tmp_path / "run", tmp_path / "cache",
+                      train={"max_steps": 1}, save={"every_n_steps": None})
+    refused = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", cfg)), "--no-progress"])
+    assert refused.exit_code == 1
+    assert "contaminant" in refused.output and "--skip-audit" in refused.output and str(dataset) in refused.output
+    assert not (tmp_path / "run" / "final").exists()
+    skipped = run_cli(["train", str(tmp_path / "cfg.yaml"), "--no-progress", "--skip-audit"])
+    assert skipped.exit_code == 0, skipped.output
+    assert (tmp_path / "run" / "final" / "lora.safetensors").is_file()

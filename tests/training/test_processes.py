@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import adapter_tensors, base_config, run_cli, write_config
+from train_helpers import adapter_tensors, base_config, run_cli, write_config
 
 from lorastudio.training.checkpoint import list_checkpoints, verify
 

@@ -6,7 +6,7 @@ import json
 import shutil
 
 import torch
-from conftest import adapter_tensors, base_config, read_metrics, run_cli, write_config
+from train_helpers import adapter_tensors, base_config, read_metrics, run_cli, write_config
 
 from lorastudio.training import checkpoint as ckpt_mod
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import adapter_tensors, base_config, make_dataset, read_metrics, run_cli, write_config
+from train_helpers import adapter_tensors, base_config, make_dataset, read_metrics, run_cli, write_config
 
 from lorastudio.training.checkpoint import verify
 from lorastudio.training.logging import TB_HINT

@@ -35,7 +35,11 @@ def _launch_workers(num_processes: int, argv: list[str]) -> int:
 @click.option("--force", is_flag=True, help="Resume even though the config or dataset changed (the differences are printed).")
 @click.option("--num-processes", type=int, default=1, show_default=True, help="Data-parallel processes (DDP; gloo on CPU). The batch size is per process.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars (for logs and CI).")
-def command(config: str, overrides: tuple[str, ...], resume: str | None, force: bool, num_processes: int, no_progress: bool) -> None:
+@click.option("--skip-audit", is_flag=True, help="Start even when `lorastudio audit` finds errors in a training dataset.")
+def command(
+    config: str, overrides: tuple[str, ...], resume: str | None, force: bool, num_processes: int, no_progress: bool,
+    skip_audit: bool,
+) -> None:
     """Train a LoRA from CONFIG.yaml, with optional key=value overrides.
 
     \b
@@ -48,24 +52,27 @@ def command(config: str, overrides: tuple[str, ...], resume: str | None, force: 
     checkpoints/step_N/ and final/ (lora.safetensors for A1111/ComfyUI and diffusers/).
     Ctrl-C saves a checkpoint and exits 130 (SIGTERM: 143); a second Ctrl-C exits at once.
     Checks (unknown keys, impossible values, missing captions, wrong model family) run
-    before any model loads.
+    before any model loads, then each training dataset is audited (`lorastudio audit`):
+    errors such as a missing trigger or style contamination stop the run before it wastes
+    time, unless --skip-audit.
     """
     from lorastudio.config.loader import ConfigError, load_config
     from lorastudio.config.train import TrainConfig
 
     if num_processes < 1:
         raise click.BadParameter("must be >= 1", param_hint="--num-processes")
-    if num_processes > 1 and "LOCAL_RANK" not in os.environ:
-        argv = [config, *overrides, *(["--resume", resume] if resume else []), *(["--force"] if force else []), *(["--no-progress"] if no_progress else [])]
-        sys.exit(_launch_workers(num_processes, argv))
     try:
         cfg = load_config(TrainConfig, config, list(overrides))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    sys.exit(_run(cfg, resume, force, not no_progress))
+    if num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        argv = [config, *overrides, *(["--resume", resume] if resume else []), *(["--force"] if force else []),
+                *(["--no-progress"] if no_progress else []), "--skip-audit"]
+        sys.exit(_launch_workers(num_processes, argv))
+    sys.exit(_run(cfg, resume, force, not no_progress, audit=not skip_audit))
 
 
-def _run(cfg, resume: str | None, force: bool, show_progress: bool) -> int:
+def _run(cfg, resume: str | None, force: bool, show_progress: bool, *, audit: bool) -> int:
     from lorastudio.data.dataset import DatasetError
     from lorastudio.models.families import FamilyError
     from lorastudio.training.checkpoint import CheckpointError
@@ -74,7 +81,7 @@ def _run(cfg, resume: str | None, force: bool, show_progress: bool) -> int:
     from lorastudio.training.state import ResumeError
 
     try:
-        return run(cfg, resume=resume, force=force, show_progress=show_progress)
+        return run(cfg, resume=resume, force=force, show_progress=show_progress, audit=audit)
     except KeyboardInterrupt:
         # Only reachable before the loop starts (the loop handles Ctrl-C itself).
         click.echo("interrupted before training started; nothing to save", err=True)

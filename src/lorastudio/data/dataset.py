@@ -106,15 +106,6 @@ def dataset_fingerprint(items: list[Item]) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (the content half of a cache key)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_pixels(item: Item) -> torch.Tensor:
     """Decode an item's image to a [3, H, W] tensor in [-1, 1], with byte and pixel limits."""
     import numpy as np

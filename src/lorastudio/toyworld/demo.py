@@ -226,6 +226,12 @@ def _run_demo(out: Path, opts: DemoOptions, say: Callable[[str], None]) -> DemoR
     trained = _stage(result, "train", say, lambda: _cli_ok(["train", str(config), "--no-progress"]),
                      needs=("lorastudio.cli.train", "lorastudio.training.recipe"))
     lora = run_dir / "final" / "diffusers" if trained is not None else None
+    if trained is not None:
+        try:
+            _stage(result, "run report", say, lambda: _cli_ok(["report", str(run_dir)]), needs=("lorastudio.cli.report",))
+        except RuntimeError as exc:  # the run report is a bonus; the demo's own report still gets written
+            result.stages["run report"] = f"failed: {exc}"
+            say(f"-- run report: {exc}")
     result.samples = _stage(result, "samples", say, lambda: sample_base_vs_lora(base, lora, out, opts),
                             needs=("lorastudio.evaluation.generation",)) or []
     from lorastudio.toyworld.demo_report import write_report

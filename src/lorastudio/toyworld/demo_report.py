@@ -95,7 +95,9 @@ def _training(out: Path) -> str:
     first, last = losses[0], losses[-1]
     return (f"<p>{len(losses)} logged points; loss {first[1]:.4f} at step {first[0]} &rarr; {last[1]:.4f} at step "
             f"{last[0]}. Adapter: <code>run/final/lora.safetensors</code> (A1111/ComfyUI) and "
-            "<code>run/final/diffusers/</code>.</p>")
+            "<code>run/final/diffusers/</code>.</p>"
+            + ("<p>Full run report (curves, config): <a href='run/report.html'>run/report.html</a></p>"
+               if (out / "run" / "report.html").exists() else ""))
 
 
 def sample_rates(samples: list[dict], model: str) -> dict[str, float]:

@@ -9,10 +9,12 @@ captions. Each caption drops some of its phrases at random and half of them star
 random made-up word, so a trigger word the model has never seen (`ohwx_kfood_style`) does
 not break prompt following; 10% are empty so classifier-free guidance works.
 
-The shipped model was made with the defaults below (seed 0, 6,000 images, VAE 1,500 steps
-at batch 32, UNet+text encoder steps at batch 32 as recorded in
-`base/lorastudio_model.json`, together with the wall time and the measured prompt
-following). Output: a diffusers folder (fp16 safetensors) that loads with
+Defaults: seed 0, 4,000 scenes, VAE 800 steps at batch 16 (32x32 crops), UNet + text
+encoder 1,500 steps at batch 32, an intermediate save every 200 steps; the run writes its
+settings, step and wall time to `lorastudio_model.json`. Measured on the shared 2-core
+machine: VAE stage ~4 min, UNet stage ~1.4-2 s/step (~40 min for 1,500 steps). Check a
+result with `python -m lorastudio.toyworld.base_quality DIR` before shipping it into
+`base/`. Output: a diffusers folder (fp16 safetensors, ~4 MB) that loads with
 `StableDiffusionPipeline.from_pretrained`.
 """
 
@@ -239,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae", type=Path, default=None, help="Reuse a trained VAE folder instead of stage 1.")
     ap.add_argument("--save-every", type=int, default=200, help="Also save the model every N UNet steps.")
     args = ap.parse_args(argv)
+    if args.out.exists() and any(args.out.iterdir()) and not (args.out / "model_index.json").exists():
+        ap.error(f"{args.out} is a non-empty folder that holds no model; choose another --out")
     start = time.time()
 
     def log(msg: str) -> None:
@@ -263,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     def info(step: int) -> dict:
         return {"family": "sd15", "size": "toyworld", "seed": args.seed, "images": args.images,
                 "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "unet_steps": step, "batch": args.batch,
-                "resolution": RESOLUTION, "wall_time_s": round(time.time() - start, 1)}
+                "resolution": RESOLUTION, "wall_time_s": round(time.time() - start, 1),
+                "vae_from": str(args.vae) if args.vae else "trained in this run"}
 
     def on_save(unet, text_encoder, step: int) -> None:
         save_pipeline(args.out, vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, info=info(step))

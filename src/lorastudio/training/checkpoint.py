@@ -6,7 +6,6 @@ recorded sha256. Resume picks the newest valid one and warns about every one it 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from lorastudio.data.hashing import file_sha256
 
 COMPLETE = "COMPLETE.json"
 CHECKPOINTS = "checkpoints"
@@ -26,15 +27,6 @@ class CheckpointError(RuntimeError):
 
 class DiskFullError(CheckpointError):
     """Not enough free space to write a checkpoint; the previous one is intact."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_tree(root: Path) -> None:
@@ -76,7 +68,7 @@ def write_atomic_dir(final: Path, fill: Callable[[Path], None], *, info: dict[st
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         fill(tmp)
-        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         complete = {**info, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
         (tmp / COMPLETE).write_text(json.dumps(complete, indent=1), encoding="utf-8")
         _fsync_tree(tmp)
@@ -112,7 +104,7 @@ def verify(ckpt: Path) -> str | None:
         path = ckpt / rel
         if not path.is_file():
             return f"{rel} is missing"
-        if sha256_file(path) != digest:
+        if file_sha256(path) != digest:
             return f"{rel} does not match its sha256"
     return None
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lorastudio.data.cache import TensorCache, encode_latents, latent_key, module_hash, text_key, tokenizer_hash
-from lorastudio.data.dataset import Example, Item, collate_pixels, file_sha256
+from lorastudio.data.dataset import Example, Item, collate_pixels
+from lorastudio.data.hashing import file_sha256
 from lorastudio.models.families import Family, ModelParts, load_text_parts, load_vae
 
 if TYPE_CHECKING:

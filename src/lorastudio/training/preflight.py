@@ -6,6 +6,7 @@ what to do, so a bad config costs seconds, not a model load.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lorastudio.config.train import TrainConfig
@@ -59,8 +60,11 @@ def check_sampling(cfg: TrainConfig) -> None:
                 raise PreflightError(f"sample.prompts[{i}].{key}={value} must be a multiple of 8")
 
 
-def preflight(cfg: TrainConfig) -> list[Item]:
-    """Run every check; returns the dataset items so the caller does not read them twice."""
+def preflight(cfg: TrainConfig, *, audit: bool = True) -> list[Item]:
+    """Run every check; returns the dataset items so the caller does not read them twice.
+
+    The cheap checks come first; the dataset audit (`audit=True`) runs last, still before
+    any model loads."""
     check_machine(cfg)
     check_model_path(cfg)
     check_sampling(cfg)
@@ -71,4 +75,27 @@ def preflight(cfg: TrainConfig) -> list[Item]:
     for item in items:
         if item.width % 8 or item.height % 8:
             raise PreflightError(f"{item.image_path}: {item.width}x{item.height} is not a multiple of 8; re-run `lorastudio prepare`")
+    if audit and int(os.environ.get("RANK", "0")) == 0:
+        check_audit(cfg)
     return items
+
+
+def check_audit(cfg: TrainConfig) -> None:
+    """Audit every training dataset and refuse to start on errors (missing trigger, style
+    contamination, ...). Regularization sets are exempt: their captions name the class,
+    not the trigger."""
+    from lorastudio.audit import audit_dataset
+    from lorastudio.audit.report import format_text
+
+    model_dir = Path(cfg.model.path) if cfg.model.path else None
+    tokenizer_dir = model_dir if model_dir is not None and (model_dir / "tokenizer").is_dir() else None
+    for entry in cfg.data.datasets:
+        try:
+            result = audit_dataset(entry.path, family=cfg.model.family, tokenizer_dir=tokenizer_dir)
+        except (ValueError, OSError) as exc:
+            raise PreflightError(f"audit of {entry.path} failed: {exc}") from None
+        if result.has_errors:
+            raise PreflightError(
+                f"{format_text(result, limit=15)}\n\nthe audit found {result.counts()['error']} error(s) in "
+                f"{entry.path}; fix them (`lorastudio audit {entry.path} --fix`) or start anyway with --skip-audit"
+            )

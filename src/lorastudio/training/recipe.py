@@ -69,9 +69,12 @@ class Session:
             print(message, file=sys.stderr)
 
 
-def run(cfg: TrainConfig, *, resume: str | None = None, force: bool = False, show_progress: bool = True) -> int:
-    """Train a LoRA as `cfg` says; returns the process exit code (0, 130 or 143)."""
-    items = preflight(cfg)
+def run(cfg: TrainConfig, *, resume: str | None = None, force: bool = False, show_progress: bool = True,
+        audit: bool = True) -> int:
+    """Train a LoRA as `cfg` says; returns the process exit code (0, 130 or 143).
+
+    `audit=False` skips the dataset audit gate (`--skip-audit`)."""
+    items = preflight(cfg, audit=audit)
     if resume is None and ckpt.list_checkpoints(Path(cfg.output_dir)):
         raise ResumeError(
             f"output_dir {cfg.output_dir} already holds checkpoints; continue it with --resume auto, "

@@ -16,20 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from lorastudio.audit.detectors import Evidence
+from lorastudio.data.hashing import file_sha256
 
 CACHE_DIR = Path(".cache") / "audit"
 # A softmax over a dozen options puts many true attributes under 0.05; only a near-zero
 # zero-shot probability is treated as proof that a captioned attribute is absent.
 CLIP_ABSENT = 0.01
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_path(dataset_dir: Path, model: str) -> Path:
