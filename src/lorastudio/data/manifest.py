@@ -72,7 +72,8 @@ def atomic_write_text(path: Path, text: str, *, fsync: bool = True) -> None:
         raise
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read one JSON object per line (blank lines skipped); errors name the file and line."""
     rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -99,7 +100,7 @@ def read_manifest(dataset_dir: Path | str) -> list[dict[str, Any]]:
     path = Path(dataset_dir) / MANIFEST
     if not path.is_file():
         raise ManifestError(f"{dataset_dir} is not a dataset dir: {MANIFEST} not found (run `lorastudio prepare` first)")
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     for lineno, row in enumerate(rows, 1):
         try:
             Record.model_validate(row)
@@ -118,7 +119,7 @@ def write_manifest(dataset_dir: Path | str, records: Iterable[dict[str, Any]]) -
 def read_rejected(dataset_dir: Path | str) -> list[dict[str, Any]]:
     """Read `rejected.jsonl` (empty list when absent)."""
     path = Path(dataset_dir) / REJECTED
-    return _read_jsonl(path) if path.is_file() else []
+    return read_jsonl(path) if path.is_file() else []
 
 
 def read_dataset_json(dataset_dir: Path | str) -> dict[str, Any]:

@@ -13,11 +13,11 @@ one's base name or stem, or the record id. Paths in a table are only compared, n
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 from lorastudio.captions.backends import BackendError, BackendOutput
+from lorastudio.data.manifest import ManifestError, read_jsonl
 
 SIDECAR_SUFFIXES = (".txt", ".caption")
 MAX_TABLE_BYTES = 200 * 1024 * 1024
@@ -39,18 +39,15 @@ def _read_csv(path: Path) -> dict[str, str]:
 
 
 def _read_jsonl(path: Path) -> dict[str, str]:
+    try:
+        rows = read_jsonl(path)
+    except ManifestError as exc:
+        raise BackendError(str(exc)) from None
     table = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BackendError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("file"), str) or not isinstance(row.get("caption"), str):
-                raise BackendError(f"{path}:{lineno}: expected an object with string 'file' and 'caption'")
-            table[row["file"].strip()] = row["caption"].strip()
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row.get("file"), str) or not isinstance(row.get("caption"), str):
+            raise BackendError(f"{path}: object {n}: expected string 'file' and 'caption'")
+        table[row["file"].strip()] = row["caption"].strip()
     return table
 
 
