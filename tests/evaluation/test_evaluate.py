@@ -55,6 +55,11 @@ def test_evaluate_scores_checkpoints_recommends_and_writes_report(run_dir):
     assert rec["checkpoint"] != "step_4"
     assert (run_dir / rec["file"]).is_file() and rec["reason"]
     assert "recommended:" in result.output
+    # The prompts name toy-world dishes, so the attribute readers score prompt following
+    # (dish only: no prompt names a background).
+    for figures in [data["base"]["toy_following"], *(r["toy_following"] for r in data["rows"])]:
+        assert figures["background"] is None and 0.0 <= figures["dish"] <= 1.0
+    assert data["toyworld"]["available"] is True
     html = (run_dir / "report.html").read_text()
     assert "<svg" in html and "training loss" in html and rec["reason"][:40] in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # nothing fetched from the network

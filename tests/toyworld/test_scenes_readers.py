@@ -50,3 +50,18 @@ def test_readers_work_at_photo_size():
                      garnish="sesame seeds", gloss=True, lighting="neutral")
     got = read_scene(render(spec, 320, 240, seed=1, noise=6.0))
     assert got.to_dict() == spec.to_dict()
+
+
+def test_prompt_following_reads_what_the_prompt_asked_for():
+    from lorastudio.toyworld.readers import prompt_following, requested
+    from lorastudio.toyworld.scenes import SceneSpec, golden_caption, render
+
+    asked = SceneSpec(background="blue backdrop", dish="tteokbokki", vessel="white plate")
+    other = SceneSpec(background="black", dish="bibimbap", vessel="white plate")
+    prompt = "ohwx_kfood_style, " + golden_caption(asked)
+    assert requested(prompt) == {"background": "blue backdrop", "dish": "tteokbokki"}
+    assert requested("a photo of soup") == {}
+    right, wrong = render(asked, 64, 64, seed=3), render(other, 64, 64, seed=3)
+    assert prompt_following([prompt], [right]) == {"background": 1.0, "dish": 1.0}
+    assert prompt_following([prompt], [wrong]) == {"background": 0.0, "dish": 0.0}
+    assert prompt_following(["a photo of soup"], [right]) == {"background": None, "dish": None}

@@ -14,7 +14,6 @@ Ties go to the earlier checkpoint and the lower scale (less over-fitting, more h
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import time
@@ -48,6 +47,7 @@ def score_rows(index: dict, images: dict, embedder: metrics.Embedder, train_emb:
         "closeness": round(metrics.closeness(embedder.images(base_imgs), train_emb), 4),
         "adherence": _mean(base_clip) if base_clip is not None else None,
         "confounder_rates": {k: round(v, 4) for k, v in metrics.base_rates(base_imgs, confounders).items()},
+        "toy_following": toy_following(prompts, base_imgs),
     }
     rows = []
     for ck in index["checkpoints"]:
@@ -61,6 +61,7 @@ def score_rows(index: dict, images: dict, embedder: metrics.Embedder, train_emb:
                 "closeness": round(close, 4), "closeness_gain": round(close - base["closeness"], 4),
                 "adherence": _mean(clip) if clip is not None else None, "leak": leaks,
                 "max_leak": round(max([v for v in leaks.values() if math.isfinite(v)] + [0.0]), 4),
+                "toy_following": toy_following(prompts, imgs),
             })
     for row in rows:
         drop = (base["adherence"] - row["adherence"]) if row["adherence"] is not None else 0.0
@@ -90,11 +91,23 @@ def recommend(base: dict, rows: list[dict], confounders: metrics.Confounders) ->
             "learned": learned, "reason": " ".join(parts)}
 
 
-def toyworld_check() -> dict[str, Any]:
-    """Toy-world attribute readers' accuracy, when that module ships (it is optional)."""
-    if importlib.util.find_spec("lorastudio.toyworld.readers") is None:
-        return {"available": False, "note": "toy-world attribute readers are not installed in this version"}
-    return {"available": True, "note": "attribute readers present; accuracy scoring is not wired into evaluate yet"}
+def toy_following(prompts: list[str], imgs: list) -> dict[str, float | None] | None:
+    """Toy-world prompt following (background / dish read back from the pixels), or None
+    when no prompt names a toy-world background or dish."""
+    from lorastudio.toyworld.readers import prompt_following, requested
+
+    if not any(requested(p) for p in prompts):
+        return None
+    return {k: (round(v, 4) if v is not None else None) for k, v in prompt_following(prompts, imgs).items()}
+
+
+def toyworld_note(base: dict) -> dict[str, Any]:
+    """What the report says about the toy-world readers for this run."""
+    following = base.get("toy_following")
+    if following is None:
+        return {"available": False, "note": "prompts name no toy-world background or dish; attribute readers not used"}
+    shown = ", ".join(f"{k} {v:.0%}" for k, v in following.items() if v is not None)
+    return {"available": True, "note": f"toy-world readers: base model prompt following {shown}; per row in 'toy_following'"}
 
 
 def evaluate_run(run_dir: Path, *, clip_model: str | None, prompts: Path | None, scales: list[float], which: str,
@@ -120,7 +133,7 @@ def evaluate_run(run_dir: Path, *, clip_model: str | None, prompts: Path | None,
         "grids_index": (grids_dir / "index.json").relative_to(run_dir).as_posix() if grids_dir else None,
         "confounders": [{"label": k, "train_rate": round(confounders.train_rate.get(k, float("nan")), 4), "why": v}
                         for k, v in sorted(confounders.reason.items())],
-        "base": base, "rows": rows, "recommendation": recommend(base, rows, confounders), "toyworld": toyworld_check(),
+        "base": base, "rows": rows, "recommendation": recommend(base, rows, confounders), "toyworld": toyworld_note(base),
         "weights": {"leak": LEAK_WEIGHT, "adherence": ADHERENCE_WEIGHT},
     }
     atomic_write_text(Path(run_dir) / EVALUATION_JSON, json.dumps(_json_safe(result), indent=1) + "\n")

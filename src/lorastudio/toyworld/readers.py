@@ -214,3 +214,35 @@ def accuracy(n: int = 300, seed: int = 1, transform=None, size: int = 64) -> dic
         for a in ATTRIBUTES:
             hits[a] += getattr(got, a) == getattr(spec, a)
     return {a: hits[a] / n for a in ATTRIBUTES}
+
+
+def requested(prompt: str) -> dict[str, str]:
+    """The background and dish a prompt asks for, by the toy world's own phrases.
+
+    Attributes the prompt does not name are left out, so a prompt like
+    `trigger, a photo of tteokbokki` is scored on the dish only."""
+    from lorastudio.toyworld.scenes import BACKGROUND_PHRASES, DISHES
+
+    text = prompt.lower()
+    asked: dict[str, str] = {}
+    for name, phrase in BACKGROUND_PHRASES.items():
+        if phrase in text:
+            asked["background"] = name
+    for dish in DISHES:
+        if dish in text:
+            asked["dish"] = dish
+    return asked
+
+
+def prompt_following(prompts: list[str], images: list) -> dict[str, float | None]:
+    """Share of images whose read background / dish matches what their prompt asked for
+    (None for an attribute no prompt named)."""
+    hits = {"background": [], "dish": []}
+    for prompt, image in zip(prompts, images):
+        asked = requested(prompt)
+        if not asked:
+            continue
+        got = read_scene(image)
+        for attr, want in asked.items():
+            hits[attr].append(getattr(got, attr) == want)
+    return {attr: (sum(v) / len(v) if v else None) for attr, v in hits.items()}
