@@ -161,7 +161,7 @@ def run_child(kind: str, res: int, steps: int, warmup: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--res", type=int, nargs="+", default=[512, 256])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--child", choices=["reference", "lower_bound"])
     args = parser.parse_args()
