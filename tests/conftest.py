@@ -40,3 +40,15 @@ def tiny_sd2_dir(tmp_path_factory):
 def tiny_sdxl_dir(tmp_path_factory):
     """A tiny seeded SDXL-architecture pipeline folder (two text encoders)."""
     return _build_tiny(tmp_path_factory, "sdxl")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test: tiny models on a shared 2-core machine run far faster,
+    and CPU results stay reproducible. Restored afterwards for tests that change it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,17 +10,6 @@ import yaml
 from eval_helpers import TRIGGER, make_dataset, make_random_lora, run_cli
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the machine is shared and tiny models gain nothing from two."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def loras_sd15(tiny_sd15_dir, tmp_path_factory) -> dict[str, dict[str, Path]]:
     """Two different random SD1.5 LoRAs ("a", "b"), each in kohya and diffusers format."""
