@@ -15,7 +15,7 @@ readers score every image:
   follow = background and dish as asked (trigger prompts);
   bleed  = gloss, black background or sesame in prompts WITHOUT the trigger.
 
-    python benchmarks/contamination.py [--seeds 17] [--steps 300] [--out /tmp/contam]
+    python benchmarks/contamination.py [--seeds 17] [--steps 600] [--out /tmp/contam]
 
 With --seeds 17 each rate is over 4 backgrounds x 3 dishes x 17 seeds = 204 images: the
 95% interval of a rate is at most +-7 points, of a difference of two rates about +-10.
@@ -76,8 +76,10 @@ def train(name: str, base: Path, dataset: Path, reg: Path | None, out: Path, ste
     if reg is not None:
         data.update(regularization=str(reg), prior_loss_weight=1.0)
     cfg = {"model": {"family": "sd15", "path": str(base)}, "data": data,
-           "network": {"rank": 4, "alpha": 4.0, "targets": "attn"},
-           "train": {"max_steps": steps, "batch_size": 4, "lr": 1e-3, "seed": 0, "cache": "memory"},
+           # The text encoder is adapted too: with a UNet-only LoRA of this size the toy model
+           # learned the dark background but never the gloss in 1,000 steps (style 0%).
+           "network": {"rank": 4, "alpha": 4.0, "targets": "attn", "train_text_encoder": True},
+           "train": {"max_steps": steps, "batch_size": 4, "lr": 2e-3, "seed": 0, "cache": "memory"},
            "sample": {"at_start": False, "prompts": []}, "save": {"every_n_steps": None, "keep_last": 1},
            "output_dir": str(out / f"run_{name}"), "logging": {"every_n_steps": 50, "tensorboard": False}}
     path = out / f"train_{name}.yaml"
@@ -137,7 +139,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/lorastudio-contamination"))
     ap.add_argument("--base", type=Path, default=None, help="Base model folder (default: the shipped toy model).")
     ap.add_argument("--seeds", type=int, default=17)
-    ap.add_argument("--steps", type=int, default=300, help="LoRA training steps (same for a, b, c).")
+    ap.add_argument("--steps", type=int, default=600, help="LoRA training steps (same for a, b, c).")
     ap.add_argument("--sample-steps", type=int, default=15)
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -21,11 +21,12 @@ def test_demo_photos_plant_an_unnamed_confounder():
         assert read_scene(render(spec, 320, 240, seed=0, noise=6.0)).background == "black"
 
 
-def test_demo_runs_end_to_end(tmp_path, tiny_sd15_dir):
+def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--images", "6", "--steps", "4", "--seeds", "1",
-                                      "--base", str(tiny_sd15_dir)])
+    # No --base: the demo's default is the shipped toy-world model, as for a new user.
+    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--images", "6", "--steps", "4", "--seeds", "1"])
     assert result.exit_code == 0, result.output
+    assert "base model: the shipped toy-world model" in result.output
     assert "report:" in result.output and "report.html" in result.output
     # Every stage ran through the real commands.
     for stage in ("== prepare", "== caption", "== audit", "== audit --fix", "== train", "== run report", "== samples"):

@@ -11,7 +11,7 @@ import click
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
               show_default=True, help="Folder for everything the demo makes (must be new or empty).")
 @click.option("--images", type=click.IntRange(min=4), default=20, show_default=True, help="Photos to generate.")
-@click.option("--steps", type=click.IntRange(min=1), default=150, show_default=True, help="LoRA training steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="LoRA training steps.")
 @click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True,
               help="Seeds per held-out prompt for the base-vs-LoRA samples.")
 @click.option("--base", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,

@@ -2,19 +2,27 @@
 
     python -m lorastudio.toyworld.pretrain --out src/lorastudio/toyworld/base
 
-Three stages, all seeded: (1) an AutoencoderKL (64x64 RGB <-> 16x16x4 latents) learns to
-reconstruct toy scenes; (2) every training image is encoded once with the frozen VAE;
-(3) a CLIPTextModel and a UNet2DConditionModel are trained jointly from scratch on golden
-captions. Each caption drops some of its phrases at random and half of them start with a
-random made-up word, so a trigger word the model has never seen (`ohwx_kfood_style`) does
-not break prompt following; 10% are empty so classifier-free guidance works.
+Four stages, all seeded (seed 0, 4,000 scenes drawn by `scenes.random_spec`):
+  1. AutoencoderKL (64x64 RGB <-> 16x16x4 latents, 0.7 M parameters): 800 steps at batch 16
+     on 32x32 crops, reconstruction loss.
+  2. Every scene is encoded once with the frozen VAE (posterior means).
+  3. CLIPTextModel (3 layers, width 64, the shipped 1,024-token BPE vocabulary) learns what
+     captions say: 600 steps at batch 64, linear heads read each attribute (or "not said")
+     from its states. Captions drop phrases at random, half start with a random made-up
+     word and 10% are empty. This is what keeps prompts working under a trigger word the
+     model has never seen (`ohwx_kfood_style`): a text encoder trained jointly with the UNet
+     from scratch stayed uninformative, and the UNet learned to ignore it.
+  4. UNet2DConditionModel (5.8 M parameters) on the frozen text encoder: 2,400 steps at
+     batch 32, epsilon objective, SD's scaled-linear schedule, AdamW 6e-4, warm-up + cosine.
 
-Defaults: seed 0, 4,000 scenes, VAE 800 steps at batch 16 (32x32 crops), UNet + text
-encoder 1,500 steps at batch 32, an intermediate save every 200 steps; the run writes its
-settings, step and wall time to `lorastudio_model.json`. Measured on the shared 2-core
-machine: VAE stage ~4 min, UNet stage ~1.4-2 s/step (~40 min for 1,500 steps). Check a
-result with `python -m lorastudio.toyworld.base_quality DIR` before shipping it into
-`base/`. Output: a diffusers folder (fp16 safetensors, ~4 MB) that loads with
+The shipped model is this command's output with the defaults (`--threads 2`) on the 2-core
+development machine: 4,953 s wall in all (VAE 2 min, text encoder 1.5 min, UNet 1.2 s/step
+when the machine was otherwise idle; other experiments shared it for part of the run, so
+expect about 55 minutes on two free cores). Thread count changes the order of float sums,
+so a bit-identical rerun needs the same `--threads`. The run writes its
+settings, step and wall time to `lorastudio_model.json` and saves every 300 UNet steps.
+Check a result with `python -m lorastudio.toyworld.base_quality DIR` before shipping it.
+Output: a diffusers folder (fp16 safetensors, 12.6 MB) that loads with
 `StableDiffusionPipeline.from_pretrained`.
 """
 
@@ -26,12 +34,23 @@ import json
 import random
 import shutil
 import string
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from lorastudio.toyworld.scenes import SceneSpec, golden_caption, random_spec, render
+from lorastudio.toyworld.scenes import (
+    BACKGROUND_PHRASES,
+    DISHES,
+    GARNISH_PHRASES,
+    LIGHTING_PHRASES,
+    VESSEL_PHRASES,
+    SceneSpec,
+    golden_caption,
+    random_spec,
+    render,
+)
 
 BASE_DIR = Path(__file__).with_name("base")
 RESOLUTION = 64
@@ -51,11 +70,11 @@ def vae_config() -> dict:
     }
 
 
-def unet_config() -> dict:
+def unet_config(width: int = 64) -> dict:
     """SD-style UNet on 16x16x4 latents with cross-attention to a 64-wide text encoder."""
     return {
         "sample_size": RESOLUTION // 4, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
-        "block_out_channels": [32, 64, 64], "attention_head_dim": 8, "cross_attention_dim": 64, "norm_num_groups": 16,
+        "block_out_channels": [width, 2 * width, 2 * width], "attention_head_dim": 8, "cross_attention_dim": 64, "norm_num_groups": 16,
         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     }
@@ -67,10 +86,7 @@ def text_config() -> dict:
 
     return {**_tokenizer_ids(), "hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4,
             "num_hidden_layers": 3, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-            "projection_dim": 64, "layer_norm_eps": 1e-5,
-            # Larger initial token embeddings: with CLIP's default (std 0.02) different prompts
-            # start out nearly identical and a jointly trained UNet learns to ignore the text.
-            "initializer_factor": 4.0}
+            "projection_dim": 64, "layer_norm_eps": 1e-5}
 
 
 def random_prefix(rng: random.Random) -> str:
@@ -81,15 +97,46 @@ def random_prefix(rng: random.Random) -> str:
     return word
 
 
-def training_caption(spec: SceneSpec, rng: random.Random) -> str:
-    """Golden caption with random phrase dropout, a random prefix half the time, empty 10%."""
+# What the text encoder is taught to recognise in a caption (stage 3). Index 0 of every group
+# means "the caption does not say"; the rest follow the generator's sorted attribute values.
+ATTRIBUTE_GROUPS: dict[str, list[str]] = {
+    "dish": sorted(DISHES),
+    "vessel": sorted(VESSEL_PHRASES),
+    "garnish": sorted(GARNISH_PHRASES),
+    "background": sorted(BACKGROUND_PHRASES),
+    "lighting": sorted(LIGHTING_PHRASES),
+    "gloss": ["glossy"],
+}
+
+
+def caption_with_labels(spec: SceneSpec, rng: random.Random) -> tuple[str, dict[str, int]]:
+    """A training caption plus, per attribute group, which value it names (0: not named).
+
+    Golden caption with random phrase dropout (the subject always stays), a random made-up
+    prefix half the time, and an empty caption 10% of the time (for classifier-free guidance).
+    """
+    labels = dict.fromkeys(ATTRIBUTE_GROUPS, 0)
     if rng.random() < 0.1:
-        return ""
+        return "", labels
+    named = {"dish": spec.dish, "vessel": spec.vessel, "garnish": spec.garnish, "background": spec.background,
+             "lighting": spec.lighting, "gloss": "glossy" if spec.gloss else "none"}
+    # golden_caption puts the parts in this order; "none" garnish and no gloss add no part.
+    order = [g for g in ("vessel", "garnish", "background", "lighting", "gloss") if named[g] != "none"]
     parts = golden_caption(spec).split(", ")
-    kept = [parts[0]] + [p for p in parts[1:] if rng.random() > 0.25]
+    kept = [parts[0]]
+    labels["dish"] = ATTRIBUTE_GROUPS["dish"].index(spec.dish) + 1
+    for group, part in zip(order, parts[1:], strict=True):
+        if rng.random() > 0.25:
+            kept.append(part)
+            labels[group] = ATTRIBUTE_GROUPS[group].index(named[group]) + 1
     if rng.random() < 0.5:
         kept.insert(0, random_prefix(rng))
-    return ", ".join(kept)
+    return ", ".join(kept), labels
+
+
+def training_caption(spec: SceneSpec, rng: random.Random) -> str:
+    """Only the caption of `caption_with_labels`."""
+    return caption_with_labels(spec, rng)[0]
 
 
 def make_dataset(n: int, seed: int) -> tuple[np.ndarray, list[SceneSpec]]:
@@ -148,48 +195,87 @@ def encode_all(vae, images: np.ndarray, batch: int = 256):
     return torch.cat(out)
 
 
-def train_unet(latents, specs: list[SceneSpec], *, steps: int, batch: int, seed: int, log, tokenizer, on_save=None,
-               save_every: int = 0):
-    """Train text encoder + UNet jointly with the epsilon objective of Stable Diffusion.
+def _tokenize(tokenizer, captions: list[str]):
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
 
-    `on_save(unet, text_encoder, step)` runs every `save_every` steps so a long run leaves
-    usable intermediate models.
+
+def train_text_encoder(specs: list[SceneSpec], *, steps: int, batch: int, seed: int, log, tokenizer):
+    """Teach a fresh CLIPTextModel what captions say, before the UNet ever sees it.
+
+    Linear heads read every attribute group (value or "not said") from the end-of-text
+    state and from the mean over all 77 positions (the padding positions are end-of-text
+    tokens too, and the UNet attends to all of them). Trained on captions with random
+    made-up prefixes, so a trigger word the model has never seen leaves the states that
+    carry the prompt's content alone. Without this stage a text encoder trained jointly
+    with the UNet from scratch stayed uninformative and the UNet learned to ignore it.
     """
     import torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config())
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_config()))
+    width = text_encoder.config.hidden_size
+    heads = torch.nn.ModuleDict({g: torch.nn.Linear(2 * width, len(v) + 1) for g, v in ATTRIBUTE_GROUPS.items()})
+    opt = torch.optim.AdamW(list(text_encoder.parameters()) + list(heads.parameters()), lr=1e-3, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / 50) * 0.5 * (1 + np.cos(np.pi * s / steps)))
+    rng = random.Random(seed + 1)
+    for step in range(1, steps + 1):
+        pairs = [caption_with_labels(specs[rng.randrange(len(specs))], rng) for _ in range(batch)]
+        out = text_encoder(_tokenize(tokenizer, [c for c, _ in pairs]))
+        feats = torch.cat([out.pooler_output, out.last_hidden_state.mean(1)], dim=1)
+        losses, correct = [], []
+        for group, head in heads.items():
+            target = torch.tensor([labels[group] for _, labels in pairs])
+            logits = head(feats)
+            losses.append(torch.nn.functional.cross_entropy(logits, target))
+            correct.append((logits.argmax(1) == target).float().mean().item())
+        loss = torch.stack(losses).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps:
+            log(f"text encoder step {step}/{steps} loss {loss.item():.4f} attribute accuracy {np.mean(correct):.3f}")
+    return text_encoder.eval().requires_grad_(False)
+
+
+def train_unet(latents, specs: list[SceneSpec], text_encoder, *, steps: int, batch: int, seed: int, log, tokenizer,
+               width: int = 64, on_save=None, save_every: int = 0):
+    """Train the UNet with the epsilon objective of Stable Diffusion on the frozen text encoder.
+
+    `on_save(unet, step)` runs every `save_every` steps so a long run leaves usable
+    intermediate models.
+    """
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_config(width))
     noise_sched = DDPMScheduler(**scheduler_kwargs())
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    # The text encoder learns from scratch through cross-attention only; a higher rate keeps
-    # it from lagging behind the UNet (which would then learn the unconditional mean).
-    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr": 6e-4},
-                             {"params": list(text_encoder.parameters()), "lr": 1.5e-3}], weight_decay=1e-2)
+    opt = torch.optim.AdamW(unet.parameters(), lr=6e-4, weight_decay=1e-2)
     lr_at = lambda s: min(1.0, s / 200) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / steps)))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     for step in range(1, steps + 1):
         idx = [rng.randrange(len(specs)) for _ in range(batch)]
-        ids = tokenizer([training_caption(specs[i], rng) for i in idx], padding="max_length",
-                        max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            context = text_encoder(_tokenize(tokenizer, [training_caption(specs[i], rng) for i in idx]))[0]
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
-        pred = unet(noise_sched.add_noise(x0, noise, t), t, text_encoder(ids)[0]).sample
+        pred = unet(noise_sched.add_noise(x0, noise, t), t, context).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps:
             log(f"unet step {step}/{steps} loss {loss.item():.4f}")
         if on_save is not None and save_every and step % save_every == 0 and step < steps:
-            on_save(unet, text_encoder, step)
-    return unet.eval(), text_encoder.eval()
+            on_save(unet, step)
+    return unet.eval()
 
 
 def scheduler_kwargs() -> dict:
@@ -232,14 +318,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=BASE_DIR, help="Output diffusers folder (replaced).")
     ap.add_argument("--images", type=int, default=4000, help="Training scenes to draw.")
     ap.add_argument("--vae-steps", type=int, default=800)
-    ap.add_argument("--unet-steps", type=int, default=1500)
-    ap.add_argument("--batch", type=int, default=32, help="UNet + text encoder batch size.")
+    ap.add_argument("--text-steps", type=int, default=600, help="Text encoder steps (batch 64).")
+    ap.add_argument("--unet-steps", type=int, default=2400)
+    ap.add_argument("--unet-width", type=int, default=64, help="UNet channels of the first block (then 2x, 2x).")
+    ap.add_argument("--batch", type=int, default=32, help="UNet batch size.")
     ap.add_argument("--vae-batch", type=int, default=16, help="VAE batch size (32x32 crops).")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: on a busy 2-core machine spinning OpenMP threads make small models far slower).")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (the shipped model used 2; use 1 on a machine busy with other work).")
     ap.add_argument("--vae", type=Path, default=None, help="Reuse a trained VAE folder instead of stage 1.")
-    ap.add_argument("--save-every", type=int, default=200, help="Also save the model every N UNet steps.")
+    ap.add_argument("--save-every", type=int, default=300, help="Also save the model every N UNet steps.")
     args = ap.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "model_index.json").exists():
         ap.error(f"{args.out} is a non-empty folder that holds no model; choose another --out")
@@ -259,23 +347,30 @@ def main(argv: list[str] | None = None) -> None:
         latents = encode_all(vae, images) * vae.config.scaling_factor
     else:
         vae, latents = train_vae(images, steps=args.vae_steps, batch=args.vae_batch, seed=args.seed, log=log)
-        # Kept on its own so a later failure never costs the autoencoder's training again.
-        vae.save_pretrained(str(args.out.with_name(args.out.name + "-vae")))
+        # Kept on its own (outside --out, which may be inside the package) so a later failure
+        # never costs the autoencoder's training again: rerun with --vae PATH.
+        vae_copy = Path(tempfile.gettempdir()) / f"lorastudio-toy-vae-seed{args.seed}"
+        vae.save_pretrained(str(vae_copy))
+        log(f"VAE also saved to {vae_copy} (reuse with --vae)")
     log(f"encoded latents {tuple(latents.shape)}, scaling factor {vae.config.scaling_factor:.4f}")
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_files_dir()))
 
     def info(step: int) -> dict:
         return {"family": "sd15", "size": "toyworld", "seed": args.seed, "images": args.images,
-                "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "unet_steps": step, "batch": args.batch,
+                "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "text_steps": args.text_steps,
+                "unet_steps": step, "unet_width": args.unet_width, "batch": args.batch,
                 "resolution": RESOLUTION, "wall_time_s": round(time.time() - start, 1),
                 "vae_from": str(args.vae) if args.vae else "trained in this run"}
 
-    def on_save(unet, text_encoder, step: int) -> None:
+    text_encoder = train_text_encoder(specs, steps=args.text_steps, batch=64, seed=args.seed, log=log,
+                                      tokenizer=tokenizer)
+
+    def on_save(unet, step: int) -> None:
         save_pipeline(args.out, vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, info=info(step))
         log(f"saved {args.out} at step {step}")
 
-    unet, text_encoder = train_unet(latents, specs, steps=args.unet_steps, batch=args.batch, seed=args.seed,
-                                    log=log, tokenizer=tokenizer, on_save=on_save, save_every=args.save_every)
+    unet = train_unet(latents, specs, text_encoder, steps=args.unet_steps, batch=args.batch, seed=args.seed,
+                      width=args.unet_width, log=log, tokenizer=tokenizer, on_save=on_save, save_every=args.save_every)
     save_pipeline(args.out, vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
                   info=info(args.unet_steps))
     log(f"saved {args.out}")
