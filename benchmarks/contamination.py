@@ -159,7 +159,7 @@ def main() -> None:
              "c": train("c", base, ds_b, reg, args.out, args.steps)}
     results = {}
     for name in ("base", "a", "b", "c"):
-        print(f"scoring {name}: {2 * 12 * args.seeds} images ({time.time() - start:.0f} s so far)", flush=True)
+        print(f"scoring {name}: {2 * len(HELD_OUT) * len(DISHES) * args.seeds} images ({time.time() - start:.0f} s so far)", flush=True)
         pipe = StableDiffusionPipeline.from_pretrained(str(base), dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
         if name != "base":
