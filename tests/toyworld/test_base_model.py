@@ -10,7 +10,10 @@ from lorastudio.toyworld.base_quality import UNSEEN_PREFIX, load_pipeline, promp
 from lorastudio.toyworld.pretrain import (
     ATTRIBUTE_GROUPS,
     BASE_DIR,
+    caption_parts,
     caption_with_labels,
+    join_caption,
+    prefix_token_counts,
     random_prefix,
     shipped_base_dir,
     training_caption,
@@ -31,7 +34,62 @@ def test_training_captions_mix_prefixes_dropout_and_empty():
     assert all("a photo of tteokbokki" in c for c in with_subject)
     prefixed = [c for c in with_subject if not c.startswith("a photo of")]
     assert 0.35 < len(prefixed) / len(with_subject) < 0.65
-    assert len({random_prefix(rng) for _ in range(50)}) > 45
+    prefixes = [random_prefix(rng) for _ in range(200)]
+    assert len(set(prefixes)) > 190
+    # One to three pieces, in several joining styles; never the evaluation trigger.
+    assert any("_" in p for p in prefixes) and any(" " in p for p in prefixes) and any("-" in p for p in prefixes)
+    assert UNSEEN_PREFIX not in prefixes
+
+
+def test_prefix_token_counts_align_prefixed_and_plain_captions():
+    from transformers import CLIPTokenizer
+
+    from lorastudio.models.tokenizer import tokenizer_files_dir
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_files_dir()))
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(300):
+        prefix, body, _ = caption_parts(random_spec(rng), rng)
+        (shift,) = prefix_token_counts(tokenizer, [prefix])
+        assert (shift > 0) == bool(prefix)
+        joined = tokenizer(join_caption(prefix, body)).input_ids
+        # Everything after the prefix is the plain caption's tokens: what the invariance
+        # term of the text encoder stage compares position by position.
+        assert joined[1 + shift :] == tokenizer(body).input_ids[1:], (prefix, body)
+        checked += bool(prefix)
+    assert checked > 100
+
+
+def test_decoder_stage_tunes_the_decoder_and_leaves_the_latents_alone():
+    import torch
+    from diffusers import AutoencoderKL
+
+    from lorastudio.toyworld.pretrain import encode_all, finetune_decoder, make_dataset, vae_config
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**vae_config())
+    images, specs = make_dataset(8, seed=3)
+    before = encode_all(vae, images)
+    encoder_before = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+    decoder_before = vae.decoder.conv_out.weight.detach().clone()
+    finetune_decoder(vae, images, specs, steps=2, batch=4, seed=0, log=lambda msg: None)
+    after = vae.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in encoder_before.items())
+    assert torch.allclose(encode_all(vae, images), before, atol=1e-5)
+    assert not torch.equal(vae.decoder.conv_out.weight, decoder_before)
+    assert not any(p.requires_grad for p in vae.parameters())
+
+
+def test_lighting_gain_undoes_each_scenes_light():
+    from lorastudio.toyworld.pretrain import lighting_gain
+    from lorastudio.toyworld.scenes import LIGHTING, WARM_TINT
+
+    gain = lighting_gain([SceneSpec(lighting="dim"), SceneSpec(lighting="warm"), SceneSpec(lighting="neutral")])
+    assert gain.shape == (3, 3, 1, 1)
+    assert abs(float(gain[0, 0]) * LIGHTING["dim"] - 1) < 1e-6
+    assert abs(float(gain[1, 2]) * WARM_TINT[2] - 1) < 1e-6
+    assert float(gain[2].min()) == float(gain[2].max()) == 1.0
 
 
 def test_text_encoder_labels_say_exactly_what_the_caption_names():
@@ -69,16 +127,32 @@ def test_shipped_model_is_small_fp16_and_loads():
 
 
 @needs_model
+def test_shipped_model_was_made_by_the_pretrain_defaults():
+    import json
+
+    from lorastudio.toyworld.pretrain import build_parser
+
+    info = json.loads((BASE_DIR / "lorastudio_model.json").read_text())
+    defaults = vars(build_parser().parse_args([]))
+    for key in ("seed", "images", "vae_steps", "vae_batch", "decoder_steps", "text_steps", "invariance",
+                "unet_steps", "unet_width", "batch"):
+        assert info[key] == defaults[key], (key, info[key], defaults[key])
+    assert info["vae_from"] == "trained in this run"
+
+
+@needs_model
 def test_shipped_model_follows_prompts_with_and_without_an_unseen_trigger():
     pipe = load_pipeline(BASE_DIR)
     plain = prompt_following(pipe, seeds=1, steps=12)
     prefixed = prompt_following(pipe, seeds=1, prefix=UNSEEN_PREFIX, steps=12)
     # 15 images each (5 backgrounds x 3 dishes, seed 0, 12 steps). Measured on the
-    # development machine: plain 100% / 100%, with the unseen trigger 93.3% / 100%; the
-    # README has the 60-image figures. One image is 6.7 points, so each bound allows two
-    # misses below the issue's 85% for CPU numerics.
+    # development machine: 100% / 93.3% both without and with the unseen trigger; the README
+    # has the 60-image figures. One image is 6.7 points, so each bound allows one miss below
+    # the issue's 85% for CPU numerics, and the trigger may cost at most two images.
     assert plain["background"] >= MIN_FOLLOWING and plain["dish"] >= MIN_FOLLOWING, plain
     assert prefixed["background"] >= MIN_FOLLOWING and prefixed["dish"] >= MIN_FOLLOWING, prefixed
+    for attribute in ("background", "dish"):
+        assert plain[attribute] - prefixed[attribute] <= 2 / 15 + 1e-9, (attribute, plain, prefixed)
 
 
 @needs_model
@@ -86,11 +160,10 @@ def test_shipped_vae_keeps_the_attributes_the_experiments_read():
     from lorastudio.toyworld.base_quality import vae_roundtrip_accuracy
 
     acc = vae_roundtrip_accuracy(load_pipeline(BASE_DIR), n=100)
-    # Measured: background 100%, dish 86%, garnish 93%, gloss 97% (dish is below the issue's
-    # 90%; see the README).
-    for attribute in ("background", "garnish", "gloss"):
-        assert acc[attribute] >= 0.88, acc
-    assert acc["dish"] >= 0.8, acc
+    # Measured on these 100 scenes: background 100%, dish 99%, garnish 99%, gloss 98%; the
+    # issue asks for 90% on every attribute the experiments read.
+    for attribute in ("background", "dish", "garnish", "gloss"):
+        assert acc[attribute] >= 0.9, acc
 
 
-MIN_FOLLOWING = 0.8
+MIN_FOLLOWING = 0.8  # 12 of 15 images

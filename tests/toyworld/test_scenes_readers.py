@@ -65,3 +65,19 @@ def test_prompt_following_reads_what_the_prompt_asked_for():
     assert prompt_following([prompt], [right]) == {"background": 1.0, "dish": 1.0}
     assert prompt_following([prompt], [wrong]) == {"background": 0.0, "dish": 0.0}
     assert prompt_following(["a photo of soup"], [right]) == {"background": None, "dish": None}
+
+
+def test_a_pale_cool_background_is_not_the_blue_backdrop():
+    from lorastudio.toyworld.readers import read_background
+
+    def frame(colour):
+        arr = np.zeros((64, 64, 3), np.uint8)
+        arr[:] = colour
+        return arr
+
+    # Off-white and pale grey with a cool cast, as a diffusion model draws white and marble.
+    for pale in [(176, 187, 194), (218, 225, 250), (200, 217, 244)]:
+        assert read_background(frame(pale)) == "white", pale
+    # The backdrop itself, neutral, dim and under warm light.
+    for blue in [(52, 92, 170), (31, 55, 102), (58, 90, 133)]:
+        assert read_background(frame(blue)) == "blue backdrop", blue

@@ -40,23 +40,27 @@ def following_prompts(seeds: int, prefix: str | None = None) -> list[tuple[str, 
     return rows
 
 
-def generate_rows(pipe, rows, *, steps: int = 15, cfg: float = 5.0, batch: int = 32) -> list:
-    """Render rows in batches, one seeded generator per image."""
+def generate_rows(pipe, rows, *, steps: int = 15, cfg: float = 5.0, batch: int = 32, desc: str | None = None) -> list:
+    """Render rows in batches, one seeded generator per image (a progress bar when `desc` is set)."""
     import torch
+    from tqdm import tqdm
 
     images = []
-    for i in range(0, len(rows), batch):
-        chunk = rows[i : i + batch]
-        with torch.no_grad():
-            images += pipe([r[0] for r in chunk], height=64, width=64, num_inference_steps=steps, guidance_scale=cfg,
-                           generator=[torch.Generator().manual_seed(r[1]) for r in chunk]).images
+    with tqdm(total=len(rows), desc=desc, unit="img", disable=desc is None) as bar:
+        for i in range(0, len(rows), batch):
+            chunk = rows[i : i + batch]
+            with torch.no_grad():
+                images += pipe([r[0] for r in chunk], height=64, width=64, num_inference_steps=steps,
+                               guidance_scale=cfg, generator=[torch.Generator().manual_seed(r[1]) for r in chunk]).images
+            bar.update(len(chunk))
     return images
 
 
-def prompt_following(pipe, seeds: int = 2, prefix: str | None = None, steps: int = 15) -> dict[str, float]:
+def prompt_following(pipe, seeds: int = 2, prefix: str | None = None, steps: int = 15,
+                     desc: str | None = None) -> dict[str, float]:
     """Share of images whose background / dish / both match the prompt."""
     rows = following_prompts(seeds, prefix)
-    images = generate_rows(pipe, rows, steps=steps)
+    images = generate_rows(pipe, rows, steps=steps, desc=desc)
     bg = [read_background(im) == row[2] for im, row in zip(images, rows)]
     dish = [read_dish(im) == row[3] for im, row in zip(images, rows)]
     return {"background": float(np.mean(bg)), "dish": float(np.mean(dish)),
@@ -88,14 +92,17 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", type=Path, default=BASE_DIR)
-    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=4, help="Seeds per background x dish prompt (15 prompts).")
+    ap.add_argument("--prefix", action="append", default=None,
+                    help=f"A trigger word the model never saw (repeatable; default {UNSEEN_PREFIX}).")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     pipe = load_pipeline(args.model)
-    plain = prompt_following(pipe, args.seeds)
-    prefixed = prompt_following(pipe, args.seeds, UNSEEN_PREFIX)
-    print(f"prompt following, {plain['n']} images each: without prefix {plain}")
-    print(f"with unseen prefix '{UNSEEN_PREFIX}': {prefixed}")
+    plain = prompt_following(pipe, args.seeds, desc="without prefix")
+    print(f"prompt following, {plain['n']} images each: without prefix {plain}", flush=True)
+    for prefix in args.prefix or [UNSEEN_PREFIX]:
+        prefixed = prompt_following(pipe, args.seeds, prefix, desc=f"with '{prefix}'")
+        print(f"with unseen prefix '{prefix}': {prefixed}", flush=True)
     print(f"readers after a VAE round trip: {vae_roundtrip_accuracy(pipe)}")
 
 

@@ -2,25 +2,30 @@
 
     python -m lorastudio.toyworld.pretrain --out src/lorastudio/toyworld/base
 
-Four stages, all seeded (seed 0, 4,000 scenes drawn by `scenes.random_spec`):
+Five stages, all seeded (seed 0, 4,000 scenes drawn by `scenes.random_spec`):
   1. AutoencoderKL (64x64 RGB <-> 16x16x4 latents, 0.7 M parameters): 800 steps at batch 16
      on 32x32 crops, reconstruction loss.
-  2. Every scene is encoded once with the frozen VAE (posterior means).
+  2. Its decoder is tuned 600 steps on whole images with the encoder frozen, the loss taken
+     with each scene's lighting undone so dim scenes keep their colours (the dish survives
+     the round trip); every scene is then encoded once (posterior means).
   3. CLIPTextModel (3 layers, width 64, the shipped 1,024-token BPE vocabulary) learns what
      captions say: 600 steps at batch 64, linear heads read each attribute (or "not said")
      from its states. Captions drop phrases at random, half start with a random made-up
-     word and 10% are empty. This is what keeps prompts working under a trigger word the
-     model has never seen (`ohwx_kfood_style`): a text encoder trained jointly with the UNet
-     from scratch stayed uninformative, and the UNet learned to ignore it.
+     trigger word (one to three pieces, e.g. `qzre_photo_v2`) and 10% are empty; an
+     invariance term pulls the states after the made-up word onto those of the same caption
+     without it. This is what keeps prompts working under a trigger word the model has
+     never seen (`ohwx_kfood_style`): a text encoder trained jointly with the UNet from
+     scratch stayed uninformative, and the UNet learned to ignore it.
   4. UNet2DConditionModel (5.8 M parameters) on the frozen text encoder: 2,400 steps at
      batch 32, epsilon objective, SD's scaled-linear schedule, AdamW 6e-4, warm-up + cosine.
+  5. Saved in fp16 with a DPM-Solver scheduler.
 
 The shipped model is this command's output with the defaults (`--threads 2`) on the 2-core
-development machine: 4,953 s wall in all (VAE 2 min, text encoder 1.5 min, UNet 1.2 s/step
-when the machine was otherwise idle; other experiments shared it for part of the run, so
-expect about 55 minutes on two free cores). Thread count changes the order of float sums,
-so a bit-identical rerun needs the same `--threads`. The run writes its
-settings, step and wall time to `lorastudio_model.json` and saves every 300 UNet steps.
+development machine: 4,614 s wall in all (VAE 2.8 min, decoder 3.4 min, text encoder 2 min,
+UNet 68 min at about 1.7 s/step; the test suite and a few quick checks shared the machine
+for some minutes). Thread count changes the order of float sums, so a bit-identical rerun
+needs the same `--threads`. The run writes its settings, step and wall time to
+`lorastudio_model.json` and saves every 300 UNet steps.
 Check a result with `python -m lorastudio.toyworld.base_quality DIR` before shipping it.
 Output: a diffusers folder (fp16 safetensors, 12.6 MB) that loads with
 `StableDiffusionPipeline.from_pretrained`.
@@ -44,8 +49,10 @@ from lorastudio.toyworld.scenes import (
     BACKGROUND_PHRASES,
     DISHES,
     GARNISH_PHRASES,
+    LIGHTING,
     LIGHTING_PHRASES,
     VESSEL_PHRASES,
+    WARM_TINT,
     SceneSpec,
     golden_caption,
     random_spec,
@@ -89,12 +96,21 @@ def text_config() -> dict:
             "projection_dim": 64, "layer_norm_eps": 1e-5}
 
 
+# Pieces of made-up trigger words. The evaluation trigger (`ohwx_kfood_style`) is not built
+# from these on purpose: prompts with it measure robustness to a trigger never seen.
+PREFIX_WORDS = ("style", "food", "photo", "look", "sks", "lora", "art", "shot", "pro", "xl", "v2", "v3", "03")
+
+
 def random_prefix(rng: random.Random) -> str:
-    """A made-up word like a LoRA trigger: letters, sometimes joined to a word by '_'."""
-    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8)))
-    if rng.random() < 0.5:
-        word += "_" + rng.choice(["style", "food", "photo", "look", "v2", "sks", "lora"])
-    return word
+    """A made-up word like a LoRA trigger: one to three pieces (random letters or a common
+    trigger word) joined by '_', '-', ' ' or nothing, e.g. `qzre_photo_v2`, `mrk style`."""
+    pieces = []
+    for i in range(rng.choice((1, 1, 2, 2, 3))):
+        if i == 0 or rng.random() < 0.5:
+            pieces.append("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 7))))
+        else:
+            pieces.append(rng.choice(PREFIX_WORDS))
+    return rng.choice(("_", "_", "-", " ", "")).join(pieces)
 
 
 # What the text encoder is taught to recognise in a caption (stage 3). Index 0 of every group
@@ -109,15 +125,17 @@ ATTRIBUTE_GROUPS: dict[str, list[str]] = {
 }
 
 
-def caption_with_labels(spec: SceneSpec, rng: random.Random) -> tuple[str, dict[str, int]]:
-    """A training caption plus, per attribute group, which value it names (0: not named).
+def caption_parts(spec: SceneSpec, rng: random.Random) -> tuple[str, str, dict[str, int]]:
+    """(prefix, body, labels): a training caption is `prefix, body` or just `body`.
 
-    Golden caption with random phrase dropout (the subject always stays), a random made-up
-    prefix half the time, and an empty caption 10% of the time (for classifier-free guidance).
+    The body is the golden caption with random phrase dropout (the subject always stays);
+    a random made-up prefix comes half the time ("" otherwise), and the whole caption is
+    empty 10% of the time (for classifier-free guidance). `labels` says, per attribute
+    group, which value the caption names (0: not named).
     """
     labels = dict.fromkeys(ATTRIBUTE_GROUPS, 0)
     if rng.random() < 0.1:
-        return "", labels
+        return "", "", labels
     named = {"dish": spec.dish, "vessel": spec.vessel, "garnish": spec.garnish, "background": spec.background,
              "lighting": spec.lighting, "gloss": "glossy" if spec.gloss else "none"}
     # golden_caption puts the parts in this order; "none" garnish and no gloss add no part.
@@ -129,9 +147,18 @@ def caption_with_labels(spec: SceneSpec, rng: random.Random) -> tuple[str, dict[
         if rng.random() > 0.25:
             kept.append(part)
             labels[group] = ATTRIBUTE_GROUPS[group].index(named[group]) + 1
-    if rng.random() < 0.5:
-        kept.insert(0, random_prefix(rng))
-    return ", ".join(kept), labels
+    prefix = random_prefix(rng) if rng.random() < 0.5 else ""
+    return prefix, ", ".join(kept), labels
+
+
+def join_caption(prefix: str, body: str) -> str:
+    return f"{prefix}, {body}" if prefix else body
+
+
+def caption_with_labels(spec: SceneSpec, rng: random.Random) -> tuple[str, dict[str, int]]:
+    """A training caption plus the labels of `caption_parts`."""
+    prefix, body, labels = caption_parts(spec, rng)
+    return join_caption(prefix, body), labels
 
 
 def training_caption(spec: SceneSpec, rng: random.Random) -> str:
@@ -184,6 +211,53 @@ def train_vae(images: np.ndarray, *, steps: int, batch: int, seed: int, log):
     return vae, latents * vae.config.scaling_factor
 
 
+def lighting_gain(specs: list[SceneSpec]):
+    """Per-image factors (n, 3, 1, 1) that undo each scene's lighting (brightness, warm tint)."""
+    import torch
+
+    rows = []
+    for spec in specs:
+        gain = np.full(3, 1.0 / LIGHTING[spec.lighting], np.float32)
+        if spec.lighting == "warm":
+            gain = gain / np.array(WARM_TINT, np.float32)
+        rows.append(gain)
+    return torch.from_numpy(np.stack(rows)).reshape(-1, 3, 1, 1)
+
+
+def finetune_decoder(vae, images: np.ndarray, specs: list[SceneSpec], *, steps: int, batch: int, seed: int, log):
+    """Sharpen the decoder on whole images with the encoder frozen (the latents stay as they are).
+
+    The loss is measured with each scene's lighting undone, so a dim scene's colours weigh
+    as much as a bright one's: with plain pixel error the decoder drifted dim yangnyeom
+    chicken towards tteokbokki's orange (dish read right after a round trip 86% of the time;
+    99-100% after this stage in the development runs).
+    """
+    import torch
+
+    latents = encode_all(vae, images)
+    gain = lighting_gain(specs)
+    params = [p for name, p in vae.named_parameters() if name.startswith(("decoder.", "post_quant_conv."))]
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+    gen = np.random.default_rng(seed + 2)
+    vae.train()
+    for step in range(1, steps + 1):
+        idx = torch.from_numpy(gen.integers(0, len(images), batch))
+        x = _to_tensor(images[idx.numpy()])
+        recon = vae.decode(latents[idx]).sample
+        loss = torch.nn.functional.mse_loss((recon + 1) * gain[idx], (x + 1) * gain[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps:
+            log(f"decoder step {step}/{steps} loss {loss.item():.4f}")
+    return vae.eval().requires_grad_(False)
+
+
 def encode_all(vae, images: np.ndarray, batch: int = 256):
     """Posterior means of every image (the VAE is frozen from here on, so encode once)."""
     import torch
@@ -200,15 +274,23 @@ def _tokenize(tokenizer, captions: list[str]):
                      return_tensors="pt").input_ids
 
 
-def train_text_encoder(specs: list[SceneSpec], *, steps: int, batch: int, seed: int, log, tokenizer):
+def prefix_token_counts(tokenizer, prefixes: list[str]) -> list[int]:
+    """How many tokens `prefix, ` adds in front of a caption (0 for no prefix)."""
+    return [len(tokenizer(f"{p},").input_ids) - 2 if p else 0 for p in prefixes]
+
+
+def train_text_encoder(specs: list[SceneSpec], *, steps: int, batch: int, seed: int, log, tokenizer,
+                       invariance: float = 1.0):
     """Teach a fresh CLIPTextModel what captions say, before the UNet ever sees it.
 
     Linear heads read every attribute group (value or "not said") from the end-of-text
     state and from the mean over all 77 positions (the padding positions are end-of-text
-    tokens too, and the UNet attends to all of them). Trained on captions with random
-    made-up prefixes, so a trigger word the model has never seen leaves the states that
-    carry the prompt's content alone. Without this stage a text encoder trained jointly
-    with the UNet from scratch stayed uninformative and the UNet learned to ignore it.
+    tokens too, and the UNet attends to all of them). Half the captions start with a random
+    made-up word, and an invariance term pulls the states of everything after that word
+    (caption, end-of-text, padding) onto the states of the same caption without it, so a
+    trigger word the model has never seen leaves what the UNet reads about the prompt alone.
+    Without this stage a text encoder trained jointly with the UNet from scratch stayed
+    uninformative and the UNet learned to ignore it.
     """
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -220,23 +302,34 @@ def train_text_encoder(specs: list[SceneSpec], *, steps: int, batch: int, seed: 
     opt = torch.optim.AdamW(list(text_encoder.parameters()) + list(heads.parameters()), lr=1e-3, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / 50) * 0.5 * (1 + np.cos(np.pi * s / steps)))
     rng = random.Random(seed + 1)
+    length = tokenizer.model_max_length
     for step in range(1, steps + 1):
-        pairs = [caption_with_labels(specs[rng.randrange(len(specs))], rng) for _ in range(batch)]
-        out = text_encoder(_tokenize(tokenizer, [c for c, _ in pairs]))
+        parts = [caption_parts(specs[rng.randrange(len(specs))], rng) for _ in range(batch)]
+        out = text_encoder(_tokenize(tokenizer, [join_caption(p, b) for p, b, _ in parts]))
         feats = torch.cat([out.pooler_output, out.last_hidden_state.mean(1)], dim=1)
         losses, correct = [], []
         for group, head in heads.items():
-            target = torch.tensor([labels[group] for _, labels in pairs])
+            target = torch.tensor([labels[group] for _, _, labels in parts])
             logits = head(feats)
             losses.append(torch.nn.functional.cross_entropy(logits, target))
             correct.append((logits.argmax(1) == target).float().mean().item())
-        loss = torch.stack(losses).sum()
+        shifts = prefix_token_counts(tokenizer, [p for p, _, _ in parts])
+        rows = [i for i, k in enumerate(shifts) if k]
+        drift = torch.zeros(())
+        if invariance and rows:
+            with torch.no_grad():
+                plain = text_encoder(_tokenize(tokenizer, [parts[i][1] for i in rows])).last_hidden_state
+            drift = torch.stack([
+                torch.nn.functional.mse_loss(out.last_hidden_state[i, 1 + k :], plain[j, 1 : length - k])
+                for j, (i, k) in enumerate((i, shifts[i]) for i in rows)]).mean()
+        loss = torch.stack(losses).sum() + invariance * drift
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps:
-            log(f"text encoder step {step}/{steps} loss {loss.item():.4f} attribute accuracy {np.mean(correct):.3f}")
+            log(f"text encoder step {step}/{steps} loss {loss.item():.4f} attribute accuracy {np.mean(correct):.3f} "
+                f"prefix drift {drift.item():.4f}")
     return text_encoder.eval().requires_grad_(False)
 
 
@@ -307,18 +400,17 @@ def save_pipeline(out: Path, *, vae, unet, text_encoder, tokenizer, info: dict) 
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry: reproduce the shipped base model."""
-    import torch
-    from transformers import CLIPTokenizer
-
-    from lorastudio.models.tokenizer import tokenizer_files_dir
-
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `main`; its defaults are the shipped model's settings."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=BASE_DIR, help="Output diffusers folder (replaced).")
     ap.add_argument("--images", type=int, default=4000, help="Training scenes to draw.")
     ap.add_argument("--vae-steps", type=int, default=800)
+    ap.add_argument("--decoder-steps", type=int, default=600,
+                    help="Decoder fine-tune steps on whole images, lighting undone in the loss (batch 16).")
     ap.add_argument("--text-steps", type=int, default=600, help="Text encoder steps (batch 64).")
+    ap.add_argument("--invariance", type=float, default=1.0,
+                    help="Weight of the text encoder's prefix-invariance term (0 turns it off).")
     ap.add_argument("--unet-steps", type=int, default=2400)
     ap.add_argument("--unet-width", type=int, default=64, help="UNet channels of the first block (then 2x, 2x).")
     ap.add_argument("--batch", type=int, default=32, help="UNet batch size.")
@@ -326,8 +418,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads (the shipped model used 2; use 1 on a machine busy with other work).")
-    ap.add_argument("--vae", type=Path, default=None, help="Reuse a trained VAE folder instead of stage 1.")
+    ap.add_argument("--vae", type=Path, default=None,
+                    help="Reuse a trained VAE folder (decoder already tuned) instead of stages 1-2.")
     ap.add_argument("--save-every", type=int, default=300, help="Also save the model every N UNet steps.")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: reproduce the shipped base model."""
+    import torch
+    from transformers import CLIPTokenizer
+
+    from lorastudio.models.tokenizer import tokenizer_files_dir
+
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "model_index.json").exists():
         ap.error(f"{args.out} is a non-empty folder that holds no model; choose another --out")
@@ -347,6 +451,9 @@ def main(argv: list[str] | None = None) -> None:
         latents = encode_all(vae, images) * vae.config.scaling_factor
     else:
         vae, latents = train_vae(images, steps=args.vae_steps, batch=args.vae_batch, seed=args.seed, log=log)
+        if args.decoder_steps:
+            vae = finetune_decoder(vae, images, specs, steps=args.decoder_steps, batch=args.vae_batch,
+                                   seed=args.seed, log=log)
         # Kept on its own (outside --out, which may be inside the package) so a later failure
         # never costs the autoencoder's training again: rerun with --vae PATH.
         vae_copy = Path(tempfile.gettempdir()) / f"lorastudio-toy-vae-seed{args.seed}"
@@ -357,13 +464,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def info(step: int) -> dict:
         return {"family": "sd15", "size": "toyworld", "seed": args.seed, "images": args.images,
-                "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "text_steps": args.text_steps,
+                "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "decoder_steps": args.decoder_steps,
+                "text_steps": args.text_steps, "invariance": args.invariance,
                 "unet_steps": step, "unet_width": args.unet_width, "batch": args.batch,
                 "resolution": RESOLUTION, "wall_time_s": round(time.time() - start, 1),
                 "vae_from": str(args.vae) if args.vae else "trained in this run"}
 
     text_encoder = train_text_encoder(specs, steps=args.text_steps, batch=64, seed=args.seed, log=log,
-                                      tokenizer=tokenizer)
+                                      tokenizer=tokenizer, invariance=args.invariance)
 
     def on_save(unet, step: int) -> None:
         save_pipeline(args.out, vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, info=info(step))

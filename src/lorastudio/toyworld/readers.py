@@ -73,7 +73,9 @@ def read_background(image) -> str:
     # Dim wood is as dark as black but keeps its saturation.
     if (r + g + b) / 3 < 50 and not (sat > 0.42 and r > 35):
         return "black"
-    if b > r + 15 and b > g:
+    # The backdrop is a saturated blue (saturation ~0.7, ~0.55 under warm light); a pale
+    # white or grey with a cool cast (saturation < 0.2) is not it.
+    if b > r + 15 and b > g and sat > 0.35:
         return "blue backdrop"
     if sat > 0.42:
         return "wooden table"
