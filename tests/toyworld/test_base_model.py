@@ -73,7 +73,7 @@ def test_decoder_stage_tunes_the_decoder_and_leaves_the_latents_alone():
     before = encode_all(vae, images)
     encoder_before = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
     decoder_before = vae.decoder.conv_out.weight.detach().clone()
-    finetune_decoder(vae, images, specs, steps=2, batch=4, seed=0, log=lambda msg: None)
+    finetune_decoder(vae, images, specs, before, steps=2, batch=4, seed=0, log=lambda msg: None)
     after = vae.state_dict()
     assert all(torch.equal(after[k], v) for k, v in encoder_before.items())
     assert torch.allclose(encode_all(vae, images), before, atol=1e-5)

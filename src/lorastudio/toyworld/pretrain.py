@@ -49,10 +49,8 @@ from lorastudio.toyworld.scenes import (
     BACKGROUND_PHRASES,
     DISHES,
     GARNISH_PHRASES,
-    LIGHTING,
     LIGHTING_PHRASES,
     VESSEL_PHRASES,
-    WARM_TINT,
     SceneSpec,
     golden_caption,
     random_spec,
@@ -81,7 +79,8 @@ def unet_config(width: int = 64) -> dict:
     """SD-style UNet on 16x16x4 latents with cross-attention to a 64-wide text encoder."""
     return {
         "sample_size": RESOLUTION // 4, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
-        "block_out_channels": [width, 2 * width, 2 * width], "attention_head_dim": 8, "cross_attention_dim": 64, "norm_num_groups": 16,
+        "block_out_channels": [width, 2 * width, 2 * width], "attention_head_dim": 8, "cross_attention_dim": 64,
+        "norm_num_groups": 16,
         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     }
@@ -181,7 +180,9 @@ def _to_tensor(images: np.ndarray):
 
 
 def train_vae(images: np.ndarray, *, steps: int, batch: int, seed: int, log):
-    """Train the autoencoder (reconstruction + a light KL term) and set its scaling factor."""
+    """Train the autoencoder (reconstruction + a light KL term) and set its scaling factor.
+
+    Returns the VAE and every image's posterior mean (unscaled)."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -206,35 +207,34 @@ def train_vae(images: np.ndarray, *, steps: int, batch: int, seed: int, log):
         if step % 50 == 0 or step == steps:
             log(f"vae step {step}/{steps} loss {loss.item():.4f}")
     vae.eval()
-    latents = encode_all(vae, images)
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    return vae, latents * vae.config.scaling_factor
+    means = encode_all(vae, images)
+    vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+    return vae, means
 
 
 def lighting_gain(specs: list[SceneSpec]):
-    """Per-image factors (n, 3, 1, 1) that undo each scene's lighting (brightness, warm tint)."""
+    """Per-image factors (n, 3, 1, 1) that undo each scene's lighting, as the readers do."""
     import torch
 
-    rows = []
-    for spec in specs:
-        gain = np.full(3, 1.0 / LIGHTING[spec.lighting], np.float32)
-        if spec.lighting == "warm":
-            gain = gain / np.array(WARM_TINT, np.float32)
-        rows.append(gain)
-    return torch.from_numpy(np.stack(rows)).reshape(-1, 3, 1, 1)
+    from lorastudio.toyworld.readers import unlit
+
+    ones = np.ones(3, np.float32)
+    gains = np.stack([unlit(ones, spec.lighting) for spec in specs]).astype(np.float32)
+    return torch.from_numpy(gains).reshape(-1, 3, 1, 1)
 
 
-def finetune_decoder(vae, images: np.ndarray, specs: list[SceneSpec], *, steps: int, batch: int, seed: int, log):
+def finetune_decoder(vae, images: np.ndarray, specs: list[SceneSpec], means, *, steps: int, batch: int, seed: int,
+                     log):
     """Sharpen the decoder on whole images with the encoder frozen (the latents stay as they are).
 
     The loss is measured with each scene's lighting undone, so a dim scene's colours weigh
     as much as a bright one's: with plain pixel error the decoder drifted dim yangnyeom
     chicken towards tteokbokki's orange (dish read right after a round trip 86% of the time;
-    99-100% after this stage in the development runs).
+    99-100% after this stage in the development runs). `means` are the images' posterior
+    means (`encode_all`), which this stage leaves valid.
     """
     import torch
 
-    latents = encode_all(vae, images)
     gain = lighting_gain(specs)
     params = [p for name, p in vae.named_parameters() if name.startswith(("decoder.", "post_quant_conv."))]
     vae.requires_grad_(False)
@@ -247,7 +247,7 @@ def finetune_decoder(vae, images: np.ndarray, specs: list[SceneSpec], *, steps: 
     for step in range(1, steps + 1):
         idx = torch.from_numpy(gen.integers(0, len(images), batch))
         x = _to_tensor(images[idx.numpy()])
-        recon = vae.decode(latents[idx]).sample
+        recon = vae.decode(means[idx]).sample
         loss = torch.nn.functional.mse_loss((recon + 1) * gain[idx], (x + 1) * gain[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -319,9 +319,10 @@ def train_text_encoder(specs: list[SceneSpec], *, steps: int, batch: int, seed: 
         if invariance and rows:
             with torch.no_grad():
                 plain = text_encoder(_tokenize(tokenizer, [parts[i][1] for i in rows])).last_hidden_state
+            states = out.last_hidden_state
             drift = torch.stack([
-                torch.nn.functional.mse_loss(out.last_hidden_state[i, 1 + k :], plain[j, 1 : length - k])
-                for j, (i, k) in enumerate((i, shifts[i]) for i in rows)]).mean()
+                torch.nn.functional.mse_loss(states[i, 1 + shifts[i] :], plain[j, 1 : length - shifts[i]])
+                for j, i in enumerate(rows)]).mean()
         loss = torch.stack(losses).sum() + invariance * drift
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -448,17 +449,18 @@ def main(argv: list[str] | None = None) -> None:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(str(args.vae)).float().eval()
-        latents = encode_all(vae, images) * vae.config.scaling_factor
+        means = encode_all(vae, images)
     else:
-        vae, latents = train_vae(images, steps=args.vae_steps, batch=args.vae_batch, seed=args.seed, log=log)
+        vae, means = train_vae(images, steps=args.vae_steps, batch=args.vae_batch, seed=args.seed, log=log)
         if args.decoder_steps:
-            vae = finetune_decoder(vae, images, specs, steps=args.decoder_steps, batch=args.vae_batch,
+            vae = finetune_decoder(vae, images, specs, means, steps=args.decoder_steps, batch=args.vae_batch,
                                    seed=args.seed, log=log)
         # Kept on its own (outside --out, which may be inside the package) so a later failure
         # never costs the autoencoder's training again: rerun with --vae PATH.
         vae_copy = Path(tempfile.gettempdir()) / f"lorastudio-toy-vae-seed{args.seed}"
         vae.save_pretrained(str(vae_copy))
         log(f"VAE also saved to {vae_copy} (reuse with --vae)")
+    latents = means * vae.config.scaling_factor
     log(f"encoded latents {tuple(latents.shape)}, scaling factor {vae.config.scaling_factor:.4f}")
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_files_dir()))
 

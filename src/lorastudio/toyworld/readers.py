@@ -102,7 +102,7 @@ def _dish_pixels(arr: np.ndarray, zone: float = 0.07) -> np.ndarray:
     return arr[(dist < 0.2) & ~gloss_zone]
 
 
-def _unlit(arr: np.ndarray, lighting: str) -> np.ndarray:
+def unlit(arr: np.ndarray, lighting: str) -> np.ndarray:
     """Undo the scene's lighting (brightness factor and warm tint) so colours compare."""
     out = arr / LIGHTING[lighting]
     if lighting == "warm":
@@ -132,7 +132,7 @@ def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
 
 def read_dish(image, lighting: str | None = None) -> str:
     """yangnyeom chicken (deep red), tteokbokki (orange) or bibimbap (tan mosaic)."""
-    arr = _unlit(_array(image), lighting or read_lighting(image))
+    arr = unlit(_array(image), lighting or read_lighting(image))
     h, w = arr.shape[:2]
     dist, dx, dy = _polar(h, w)
     flat = arr.reshape(-1, 3)
@@ -155,7 +155,7 @@ def read_dish(image, lighting: str | None = None) -> str:
 def read_garnish(image, lighting: str | None = None) -> str:
     """sesame seeds (cream marks), green onion (green marks) or none."""
     arr = _array(image)
-    px = _unlit(_dish_pixels(arr, zone=0.09), lighting or read_lighting(image))
+    px = unlit(_dish_pixels(arr, zone=0.09), lighting or read_lighting(image))
     green = np.mean(_green(px))
     cream = np.mean(_cream(px))
     if green > 0.03 and green >= cream:
@@ -165,7 +165,7 @@ def read_garnish(image, lighting: str | None = None) -> str:
 
 def read_gloss(image, lighting: str | None = None) -> bool:
     """True when a white highlight sits up-left of the centre, well above the dish around it."""
-    arr = _unlit(_array(image), lighting or read_lighting(image))
+    arr = unlit(_array(image), lighting or read_lighting(image))
     dist, dx, dy = _polar(*arr.shape[:2])
     spot = np.hypot(dx - GLOSS_OFFSET * 0.39, dy - GLOSS_OFFSET * 0.39) < 0.035
     dish = arr[(dist < 0.2) & ~spot]
