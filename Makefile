@@ -1,19 +1,23 @@
-# Everything a fresh clone needs. torch is installed first and pinned to the CPU wheel
-# so that no later requirement can pull a CUDA build.
+# Everything a fresh clone needs. Installs go through requirements.lock (the exact set the
+# test suite passed with), torch first so no later requirement can pull a CUDA build.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+LATEST := .venv-latest
+TORCH := torch==2.13.0
 
-.PHONY: setup setup-browser demo test bench clean
+.PHONY: setup setup-browser demo test test-latest lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c $(LOCK) pip setuptools
+	$(BIN)/python -m pip install -q -c $(LOCK) "$(TORCH)"
+	$(BIN)/python -m pip install -q -c $(LOCK) --no-build-isolation -e '.[dev]'
+	$(BIN)/python tools/lock.py check $(LOCK)
 	touch $(STAMP)
 
 demo: setup
@@ -29,5 +33,22 @@ setup-browser:
 test: setup setup-browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# Drift check (not part of .ci/run): the newest versions pyproject's ranges allow, in a
+# separate venv, through the whole suite. Finds upstream breakage before users do.
+test-latest:
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip setuptools
+	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
+	echo "$(TORCH)" > $(LATEST)/torch-pin.txt  # eager upgrades must not swap in a CUDA torch
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager --no-build-isolation \
+		-c $(LATEST)/torch-pin.txt -e '.[dev]'
+	$(LATEST)/bin/python -m pip list --format=freeze 2>/dev/null | grep -iE '^(diffusers|transformers|peft|accelerate|safetensors|tokenizers|huggingface.hub)=='
+	HF_HUB_OFFLINE=1 $(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+
+# Regenerate the lock: the drift check's venv, once its suite passed, becomes the new lock.
+lock: test-latest
+	$(LATEST)/bin/python tools/lock.py freeze $(LOCK)
+
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) $(LATEST) demo_out

@@ -93,3 +93,26 @@ def test_cli_errors_are_clear(dataset, tmp_path):
     res = _invoke("captions", tmp_path, "stats")
     assert res.exit_code != 0 and "manifest.jsonl not found" in res.output
     assert "rename-trigger" in _invoke("captions", dataset, "--help").output
+
+
+def test_a_run_that_captions_nothing_fails_and_names_the_backend(dataset, tmp_path):
+    # A table that matches none of the images: every image comes back without a caption.
+    table = tmp_path / "caps.csv"
+    table.write_text("file,caption\nnot_in_dataset.png,\"a photo of kimchi\"\n", encoding="utf-8")
+    res = _invoke("caption", dataset, "--backend", "manual", "--from", table, "--trigger", "sks", "--quiet")
+    assert res.exit_code == 1, res.output
+    assert "backend 'manual'" in res.output and "no caption for any of the 6 image(s)" in res.output
+    assert "img000" in res.output and "nothing was written" in res.output
+    assert "--from" in res.output  # what to try
+    assert all(not r.get("caption_text") for r in read_manifest(dataset))
+
+
+def test_a_partial_run_names_the_images_left_uncaptioned(dataset, tmp_path):
+    table = tmp_path / "caps.csv"
+    table.write_text("file,caption\nIMG_000.png,\"a photo of kimchi\"\nIMG_004.png,\"a photo of bibimbap\"\n",
+                     encoding="utf-8")
+    res = _invoke("caption", dataset, "--backend", "manual", "--from", table, "--trigger", "sks", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "captioned 2 image(s)" in res.output
+    assert "4 of 6 image(s) were left uncaptioned" in res.output
+    assert "img001, img002, img003, img005" in res.output and "--only-missing" in res.output

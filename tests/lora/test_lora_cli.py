@@ -46,7 +46,7 @@ def test_inspect_text_and_json(sd15_export):
     kohya = sd15_export["paths"]["kohya"]
     text = _run("inspect", kohya)
     assert text.exit_code == 0, text.output
-    assert "format:  kohya (family sd15)" in text.output
+    assert "format:  kohya (family sd15): kohya LoRA" in text.output
     assert "rank:    4 (varies per module: 2, 4)" in text.output
     assert "ss_network_alpha: 8.0" in text.output
     as_json = _run("inspect", sd15_export["paths"]["diffusers"].parent, "--json")

@@ -71,7 +71,7 @@ def other_file(tiny_sd15_dir, tmp_path_factory):
 def test_read_fills_missing_alpha_with_rank(other_file):
     path, _ = other_file
     parsed = lora.read_lora(path)
-    assert parsed.format == "kohya" and parsed.family == "sd15"
+    assert parsed.format == "kohya-locon" and parsed.family == "sd15"  # 3x3 convs: LyCORIS LoCon
     alphas = {m.path: (m.rank, m.alpha) for m in parsed.modules}
     for module_path, rank, alpha in MODULES:
         assert alphas[module_path] == (rank, alpha if alpha is not None else float(rank))
@@ -102,5 +102,5 @@ def test_kohya_file_with_unknown_keys_is_refused(other_file, tmp_path):
     bad = dict(state)
     bad["lora_unet_mid_block_attentions_0_proj_in.dora_scale"] = torch.ones(1)
     save_file(bad, str(tmp_path / "dora.safetensors"))
-    with pytest.raises(ValueError, match="dora_scale"):
+    with pytest.raises(ValueError, match="DoRA"):
         lora.read_lora(tmp_path / "dora.safetensors")

@@ -45,6 +45,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "Base model vs LoRA" in page and page.count("data:image/png;base64,") >= 6 + 6
     # Inputs are never modified: the photo sidecars still hold the hurried captions.
     assert (out / "photos" / "kfood_000.txt").read_text().strip() == sidecar_caption(photo_specs(1)[0])
+    # A second run into the same folder replaces the demo's own output (make demo twice).
+    again = CliRunner().invoke(cli, ["demo", "--out", str(out), "--images", "4", "--steps", "1", "--seeds", "1"])
+    assert again.exit_code == 0, again.output
+    assert f"replacing the previous demo output in {out}" in again.output
+    assert len((out / "dataset" / "manifest.jsonl").read_text().splitlines()) == 4
 
 
 def test_demo_refuses_a_non_empty_folder(tmp_path):
@@ -53,3 +58,24 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
     assert result.exit_code != 0
     assert "not empty" in result.output
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_demo_replaces_only_its_own_output(tmp_path):
+    from lorastudio.toyworld.demo import DEMO_MARKER, _clear_previous_demo
+
+    ours = tmp_path / "ours"
+    (ours / "photos").mkdir(parents=True)
+    (ours / "photos" / "kfood_000.jpg").write_bytes(b"x")
+    (ours / "report.html").write_text("old")
+    (ours / DEMO_MARKER).write_text("{}")
+    said = []
+    _clear_previous_demo(ours, said.append)
+    assert list(ours.iterdir()) == [] and said == [f"replacing the previous demo output in {ours}"]
+    # A previous demo folder the user added a file to is theirs now: refused, untouched.
+    mixed = tmp_path / "mixed"
+    (mixed / "photos").mkdir(parents=True)
+    (mixed / DEMO_MARKER).write_text("{}")
+    (mixed / "my_notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["demo", "--out", str(mixed)])
+    assert result.exit_code != 0 and "my_notes.txt" in result.output
+    assert (mixed / "my_notes.txt").read_text() == "mine" and (mixed / "photos").is_dir()

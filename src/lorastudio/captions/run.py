@@ -61,6 +61,7 @@ class RunSummary:
     unmapped_hangul: dict[str, list[str]] = field(default_factory=dict)
     unplaced: dict[str, list[str]] = field(default_factory=dict)
     resumed: int = 0
+    given: int = 0  # images handed to the backend in this run
 
 
 def _translate(text: str, unmapped: list[str]) -> str:
@@ -191,7 +192,7 @@ def caption_dataset(dataset_dir: Path | str, backend: Any, vocab: Vocabulary, op
     state = _load_progress(dataset_dir, key)
     done = set(state["done"])
     todo = [r for r in records if r["id"] not in done and (opts.overwrite or not r.get("caption_text"))]
-    summary = RunSummary(op=state["op"], skipped=len(records) - len(todo), resumed=len(done))
+    summary = RunSummary(op=state["op"], skipped=len(records) - len(todo), resumed=len(done), given=len(todo))
     source = new_source(provenance.get("backend", backend.name), model=provenance.get("model"),
                         revision=provenance.get("revision"), params=provenance.get("params"), op=state["op"])
     save_every = opts.save_every or opts.batch_size

@@ -94,10 +94,39 @@ def command(dataset: Path, backend: str | None, model: str | None, revision: str
         raise click.ClickException(str(exc)) from None
     click.echo(f"captioned {len(summary.captioned)} image(s); skipped {summary.skipped} already captioned"
                + (f"; resumed after {summary.resumed}" if summary.resumed else ""))
-    if summary.no_output:
-        click.echo(f"no caption found for {len(summary.no_output)} image(s): {', '.join(summary.no_output[:10])}", err=True)
     _report_words("unmapped Hangul (add it to the glossary or rename)", summary.unmapped_hangul)
     _report_words("unplaced phrases (kept; not in the vocabulary)", summary.unplaced)
+    if summary.no_output:
+        _report_uncaptioned(summary, impl.provenance())
+
+
+# What to try when a backend returns nothing, by backend name.
+_EMPTY_HINTS = {
+    "manual": "check that --from names the right CSV/JSONL (columns file and caption) or that the images "
+              "have .txt sidecars",
+    "hf-caption": "try another --model, a shorter or no --option prompt=..., or --dtype float32 "
+                  "(half precision can decode to empty text)",
+    "hf-vlm": "try another --model, a plainer --option prompt=..., or --dtype float32 "
+              "(half precision can decode to empty text)",
+    "tagger": "try a lower --option general_threshold=... (default 0.35)",
+    "clip-probe": "try a lower --option threshold=... or another --pack",
+}
+
+
+def _report_uncaptioned(summary, provenance: dict) -> None:
+    """Name the images left without a caption; a run that captioned none of them fails."""
+    name = provenance.get("backend", "?")
+    model = provenance.get("model")
+    who = f"backend '{name}'" + (f" with model {model}" if model else "")
+    missing = summary.no_output
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    given = summary.given or len(missing)
+    if len(missing) == given:
+        hint = _EMPTY_HINTS.get(name, "try another backend or model")
+        raise click.ClickException(f"{who} returned no caption for any of the {given} image(s) it was given "
+                                   f"({shown}); nothing was written. {hint[0].upper() + hint[1:]}.")
+    click.echo(f"warning: {len(missing)} of {given} image(s) were left uncaptioned by {who}: {shown}. "
+               "Fix them (or caption them by hand) and rerun with --only-missing.", err=True)
 
 
 def _report_words(title: str, per_record: dict[str, list[str]]) -> None:

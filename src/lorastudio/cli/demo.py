@@ -9,7 +9,8 @@ import click
 
 @click.command(name="demo", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
-              show_default=True, help="Folder for everything the demo makes (must be new or empty).")
+              show_default=True, help="Folder for everything the demo makes: new, empty, or a previous demo's output "
+                   "(which is replaced; a folder holding anything else is refused).")
 @click.option("--images", type=click.IntRange(min=4), default=20, show_default=True, help="Photos to generate.")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="LoRA training steps.")
 @click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True,
@@ -25,7 +26,8 @@ def command(out_dir: Path, images: int, steps: int, seeds: int, base: Path | Non
     never mention them. Watch the audit flag that confounder, --fix name it in the
     captions, a LoRA train on the result, and the base model and the LoRA render the same
     prompts that ask for other backgrounds. Everything lands in --out; open
-    OUT/report.html in a browser. Your files are never touched.
+    OUT/report.html in a browser. Your files are never touched: running the demo
+    again replaces only its own previous output.
 
     \b
     Examples:

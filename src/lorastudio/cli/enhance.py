@@ -44,9 +44,12 @@ def _outputs(out_dir: Path, photo: Path, result, before, edges, request, extra: 
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (nothing there is overwritten).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept a .ckpt/.pt single-file base model (a Python pickle: only from a source you trust).")
 def command(photos: tuple[Path, ...], model: str, loras: tuple[str, ...], prompt: str, negative: str, strength: float,
             control: str, controlnet: str | None, control_scale: float, steps: int, cfg: float, seed: int,
-            resolution: int | None, family: str, device: str, dtype: str, out_dir: Path, no_progress: bool) -> None:
+            resolution: int | None, family: str, device: str, dtype: str, out_dir: Path, no_progress: bool,
+            allow_pickle: bool) -> None:
     """Restyle PHOTO... with a style LoRA, keeping each photo's size and orientation.
 
     \b
@@ -63,18 +66,20 @@ def command(photos: tuple[Path, ...], model: str, loras: tuple[str, ...], prompt
     from lorastudio.evaluation.enhance import EnhanceSettings, enhance_image, load_photo
     from lorastudio.evaluation.generation import GenerationRequest
     from lorastudio.evaluation.loading import (
-        LoadError, apply_loras, describe_loras, load_controlnet, load_pipeline, lora_specs, resolve_device, resolve_family,
+        LoadError, apply_loras, check_model_file, describe_loras, load_controlnet, load_pipeline, lora_specs, resolve_device, resolve_family,
     )
 
     if control == "canny" and not controlnet:
         raise click.UsageError("--control canny needs --controlnet ID_OR_PATH (a canny ControlNet for this base model)")
     try:
+        check_model_file(model, allow_pickle)
         specs = lora_specs(list(loras))
         kind = resolve_family(model, family)
         device = resolve_device(device)
         net = load_controlnet(controlnet, dtype) if control == "canny" else None
         pipe = load_pipeline(model, family=family, task="controlnet_img2img" if net is not None else "img2img",
-                             device=device, dtype=dtype, controlnet=net)
+                             device=device, dtype=dtype, controlnet=net, allow_pickle=allow_pickle,
+                             progress=not no_progress)
         apply_loras(pipe, specs)
     except LoadError as exc:
         raise click.ClickException(str(exc)) from None

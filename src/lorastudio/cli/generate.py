@@ -54,8 +54,11 @@ def render(pipe: Any, requests: list, out_dir: Path, *, extra: dict[str, Any], d
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (existing files are never overwritten).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept a .ckpt/.pt single-file base model (a Python pickle: only from a source you trust).")
 def command(model: str, loras: tuple[str, ...], prompt: str, negative: str, seed: int, steps: int, cfg: float,
-            size: str | None, count: int, family: str, device: str, dtype: str, out_dir: Path, no_progress: bool) -> None:
+            size: str | None, count: int, family: str, device: str, dtype: str, out_dir: Path, no_progress: bool,
+            allow_pickle: bool) -> None:
     """Generate images from a base model with one or more LoRAs.
 
     \b
@@ -68,15 +71,17 @@ def command(model: str, loras: tuple[str, ...], prompt: str, negative: str, seed
     """
     from lorastudio.evaluation.generation import GenerationRequest
     from lorastudio.evaluation.loading import (
-        LoadError, apply_loras, describe_loras, load_pipeline, lora_specs, resolve_device, resolve_family,
+        LoadError, apply_loras, check_model_file, describe_loras, load_pipeline, lora_specs, resolve_device, resolve_family,
     )
 
     try:
+        check_model_file(model, allow_pickle)
         specs = lora_specs(list(loras))
         kind = resolve_family(model, family)
         width, height = parse_size(size) or DEFAULT_SIZE[kind]
         device = resolve_device(device)
-        pipe = load_pipeline(model, family=family, device=device, dtype=dtype)
+        pipe = load_pipeline(model, family=family, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                             progress=not no_progress)
         apply_loras(pipe, specs)
     except LoadError as exc:
         raise click.ClickException(str(exc)) from None

@@ -20,26 +20,59 @@ _MAX_VALUE = 160  # long metadata values (tag frequencies) are cut in the text v
 def command(file: Path, as_json: bool, family: str | None, allow_pickle: bool) -> None:
     """Show the format, modules per block, rank, alpha and metadata of the LoRA in FILE.
 
-    FILE is a .safetensors LoRA (kohya or diffusers format) or a diffusers folder holding
-    pytorch_lora_weights.safetensors. Ranks and alphas that vary per module are listed.
+    FILE is a .safetensors LoRA or a diffusers folder holding pytorch_lora_weights.safetensors.
+    Read in full: kohya (A1111 / ComfyUI), LyCORIS LoCon, diffusers / PEFT and the older
+    diffusers key style. Named, with their metadata: LyCORIS LoHa / LoKr / Tucker / IA3 /
+    GLoRA / full, DoRA, OFT and transformer (Flux / SD3) LoRAs. Ranks and alphas that vary
+    per module are listed. A file that is not safetensors (a renamed pickle, a truncated
+    download) is named as such in one line.
     """
     from lorastudio.models.lora import read_lora
+    from lorastudio.models.lora_formats import UnsupportedLoraError
 
     try:
         summary = read_lora(file, allow_pickle=allow_pickle, family=family).summary()
+    except UnsupportedLoraError as error:
+        if error.format.name == "unknown":
+            raise click.ClickException(str(error)) from None
+        _show_unreadable(file, error, as_json)
+        return
     except (ValueError, FileNotFoundError) as error:
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(str(error)) from None
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
         return
     click.echo(f"file:    {summary['file']}")
-    click.echo(f"format:  {summary['format']} (family {summary['family']})")
+    click.echo(f"format:  {summary['format']} (family {summary['family']}): {summary['format_label']}")
     click.echo(f"modules: {summary['modules']}")
     for block, count in summary["modules_per_block"].items():
         click.echo(f"  {block:<28} {count}")
     click.echo(f"rank:    {summary['rank']}" + _varies(summary["ranks"]))
     click.echo(f"alpha:   {summary['alpha']:g}" + _varies(summary["alphas"]))
-    metadata = summary["metadata"]
+    _echo_metadata(summary["metadata"])
+
+
+def _show_unreadable(file: Path, error, as_json: bool) -> None:
+    """What can be said of a LoRA style lorastudio does not parse: its name, size and metadata."""
+    from lorastudio.models.lora import resolve_lora_path
+    from lorastudio.models.weights_file import read_header
+
+    header = read_header(resolve_lora_path(file))
+    summary = {"file": str(file), "format": error.format.name, "format_label": error.format.label,
+               "tensors": len(header.tensors), "convertible": False,
+               "diffusers_loads": error.format.diffusers_loads, "note": str(error),
+               "metadata": dict(sorted(header.metadata.items()))}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    click.echo(f"file:    {file}")
+    click.echo(f"format:  {error.format.name}: {error.format.label}")
+    click.echo(f"tensors: {len(header.tensors)}")
+    click.echo(f"note:    {error}")
+    _echo_metadata(summary["metadata"])
+
+
+def _echo_metadata(metadata: dict) -> None:
     click.echo(f"metadata: {len(metadata)} keys")
     for key, value in metadata.items():
         shown = value if len(value) <= _MAX_VALUE else value[:_MAX_VALUE] + f"... ({len(value)} chars)"

@@ -6,6 +6,7 @@ named `command`. A module that does not exist yet is simply not listed.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 
@@ -31,11 +32,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("lorastudio.cli.report", "Write a run's self-contained HTML report."),
     "demo": ("lorastudio.cli.demo", "Run the whole workflow on a generated toy dataset."),
     "make-tiny": ("lorastudio.cli.make_tiny", "Build a tiny (or SD1.5-size) random model in diffusers layout."),
+    "doctor": ("lorastudio.cli.doctor", "Show versions, devices and extras; name known-bad combinations and the fix."),
 }
+# Commands that run even when the environment has a known-bad combination (they report it).
+UNCHECKED = frozenset({"doctor"})
 
 
 def _available() -> dict[str, tuple[str, str]]:
     return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
+
+
+def _checked(callback):
+    """Run the known-incompatibility check (milliseconds, no heavy import) before a command."""
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        from lorastudio.environment import incompatibilities
+
+        problems = incompatibilities()
+        if problems:
+            raise click.ClickException(problems[0].message + "  (`lorastudio doctor` shows everything)")
+        return callback(*args, **kwargs)
+
+    return run
 
 
 class LazyGroup(click.Group):
@@ -49,7 +68,11 @@ class LazyGroup(click.Group):
         if spec is None:
             return None
         module = importlib.import_module(spec[0])
-        return module.command
+        command = module.command
+        if cmd_name not in UNCHECKED and not getattr(command, "_environment_checked", False):
+            command.callback = _checked(command.callback)
+            command._environment_checked = True
+        return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_text) for name, (_, help_text) in _available().items()]

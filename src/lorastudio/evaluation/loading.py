@@ -67,6 +67,12 @@ def resolve_lora_file(path: Path | str) -> Path:
         raise LoadError(f"{path}: no such LoRA file")
     if path.suffix.lower() != ".safetensors":
         raise LoadError(f"{path}: LoRA files must be .safetensors ('{path.suffix}' may be a pickle); convert it with `lorastudio export`")
+    from lorastudio.models.weights_file import WeightsFileError, read_header
+
+    try:
+        read_header(path)
+    except WeightsFileError as exc:
+        raise LoadError(str(exc)) from None
     return path
 
 
@@ -116,16 +122,41 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def check_model_file(model: str, allow_pickle: bool) -> None:
+    """A single-file base model must be a real safetensors file, or a pickle the user allowed."""
+    from lorastudio.models.weights_file import WeightsFileError, is_pickle_path, read_header, refuse_pickle
+
+    path = Path(model)
+    if not path.is_file():
+        return
+    try:
+        if is_pickle_path(path):
+            refuse_pickle(path, allow_pickle, "checkpoint")
+        elif path.suffix.lower() == ".safetensors":
+            read_header(path)
+    except WeightsFileError as exc:
+        raise LoadError(str(exc)) from None
+
+
 def load_pipeline(model: str, *, family: str = "auto", task: str = "text2img", device: str = "cpu",
-                  dtype: str = "float32", controlnet: Any = None) -> Any:
+                  dtype: str = "float32", controlnet: Any = None, allow_pickle: bool = False,
+                  progress: bool = True) -> Any:
     """Load the base model as the diffusers pipeline for `task`, progress bars off.
 
-    `model` is a diffusers folder, a hub id or a single-file `.safetensors` checkpoint.
+    `model` is a diffusers folder, a hub id or a single-file `.safetensors` checkpoint
+    (a `.ckpt` / `.pt` single file only with `allow_pickle`).
     """
     import diffusers
 
     from lorastudio.models.families import torch_dtype
+    from lorastudio.models.weights_file import is_pickle_path
 
+    check_model_file(model, allow_pickle)
+    if not progress:  # the component and weight loading bars of diffusers and transformers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     kind = resolve_family(model, family)
     cls = getattr(diffusers, PIPELINE_CLASSES[task][kind])
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
@@ -135,13 +166,13 @@ def load_pipeline(model: str, *, family: str = "auto", task: str = "text2img", d
         # No safety checker ships with our models; the user chose the base model.
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        if model.endswith(".safetensors"):
+        if model.endswith(".safetensors") or (is_pickle_path(model) and Path(model).is_file()):
             single = {("torch_dtype" if k == "dtype" else k): v for k, v in kwargs.items()}
             pipe = cls.from_single_file(model, **single)
         else:
             pipe = cls.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as exc:
-        raise LoadError(f"cannot load base model {model}: {exc}") from None
+        raise LoadError(f"cannot load base model {model}: {_first_line(exc)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -158,13 +189,71 @@ def load_controlnet(source: str, dtype: str = "float32") -> Any:
         raise LoadError(f"cannot load ControlNet {source}: {exc}") from None
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _model_description(pipe: Any) -> str:
+    unet = pipe.unet
+    kind = "SDXL" if getattr(pipe, "text_encoder_2", None) is not None else "SD1.x/2.x"
+    return f"{kind} (cross-attention width {unet.config.cross_attention_dim})"
+
+
+def _loadable_file(pipe: Any, spec: LoraSpec, scratch: Path) -> Path:
+    """The file diffusers should load for `spec`, after checking that it fits `pipe`.
+
+    Styles lorastudio parses are checked module by module against the model (a LoRA for
+    another base gets one sentence, not a page of size mismatches); kohya, LoCon and older
+    diffusers styles are rewritten to the PEFT one in `scratch`. Styles only diffusers reads (DoRA)
+    go to it as they are; styles nothing here can apply get one line naming them.
+    """
+    from lorastudio.models.kohya_keys import UNetLayout
+    from lorastudio.models.lora import read_lora, write_diffusers
+    from lorastudio.models.lora_formats import UnsupportedLoraError, check_fit
+
+    layout = UNetLayout.from_unet_config(pipe.unet.config) if getattr(pipe, "text_encoder_2", None) else None
+    try:
+        lora = read_lora(spec.path, layout=layout)
+    except UnsupportedLoraError as exc:
+        if exc.format.diffusers_loads:
+            return spec.path
+        raise LoadError(str(exc)) from None
+    except ValueError as exc:
+        raise LoadError(str(exc)) from None
+    components = {name: getattr(pipe, name, None) for name in ("unet", "text_encoder", "text_encoder_2")}
+    try:
+        check_fit(lora, {k: v for k, v in components.items() if v is not None},
+                  f"the base model {getattr(pipe, 'name_or_path', None) or ''}".strip(),
+                  _model_description(pipe))
+    except ValueError as exc:
+        raise LoadError(str(exc)) from None
+    if lora.format == "diffusers":
+        return spec.path
+    # kohya, LoCon and the older diffusers keys go through our own lossless conversion:
+    # diffusers' key-style guessing fails on some real files (a kohya text-encoder LoRA
+    # without out_proj: "Could not automatically infer state dict type").
+    converted = scratch / spec.name / DIFFUSERS_WEIGHT_NAME
+    return write_diffusers(converted, lora.modules, {"lorastudio.converted_from": lora.format})
+
+
 def apply_loras(pipe: Any, specs: list[LoraSpec]) -> None:
     """Load every LoRA as its own adapter and activate them all at their scales."""
-    for spec in specs:
-        try:
-            pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise LoadError(f"{spec.path}: does not fit this base model ({type(exc).__name__}: {exc})") from None
+    import tempfile
+
+    from lorastudio.known_warnings import loading_adapters
+
+    loaded: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="lorastudio-lora-") as scratch:
+        for spec in specs:
+            path = _loadable_file(pipe, spec, Path(scratch))
+            try:
+                with loading_adapters(loaded):
+                    pipe.load_lora_weights(str(path), adapter_name=spec.name)
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise LoadError(f"{spec.path}: does not fit this base model ({type(exc).__name__}: "
+                                f"{_first_line(exc)})") from None
+            loaded.append(spec.name)
     set_scales(pipe, specs)
 
 

@@ -274,6 +274,13 @@ _FAMILY_SPEC = {
 }
 
 
+# Header keys that describe the weights: ours are recomputed from the modules and a caller's
+# value that disagrees is a real error. Everything else (modelspec.*, training notes, tag
+# frequencies) is descriptive: a source file's value is kept and ours is only a default.
+DERIVED_KEYS = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
+                "ss_base_model_version", "ss_v2")
+
+
 def build_metadata(
     family: str, rank: int, alpha: float, modules: Sequence[Any], extra: dict[str, str] | None
 ) -> dict[str, str]:
@@ -281,8 +288,10 @@ def build_metadata(
 
     `modules` are objects with `component`, `rank` and `alpha` (lora.LoraModule).
 
-    All values must be `str` (the safetensors header is str -> str); a caller key that
-    contradicts one we derive from the weights is an error rather than silently replaced.
+    All values must be `str` (the safetensors header is str -> str). A caller key among
+    `DERIVED_KEYS` that contradicts the weights is an error rather than silently replaced;
+    descriptive keys (`modelspec.sai_model_spec` 1.0.1 from sd-scripts, a title, a date)
+    are the caller's and only filled in when missing.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family '{family}'; expected one of {', '.join(FAMILIES)}")
@@ -291,23 +300,24 @@ def build_metadata(
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"metadata '{key}': keys and values must be str, got {type(value).__name__}")
     version, architecture = _FAMILY_SPEC[family]
-    own = {
+    derived = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(int(rank)),
         "ss_network_alpha": str(float(alpha)),
         "ss_base_model_version": version,
         "ss_v2": str(family == "sd2"),
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": architecture,
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
     }
     te = [m for m in modules if m.component != "unet"]
     if te:
-        own["ss_network_args"] = json.dumps({"text_encoder_dim": te[0].rank, "text_encoder_alpha": te[0].alpha})
-    for key, value in own.items():
+        derived["ss_network_args"] = json.dumps({"text_encoder_dim": te[0].rank, "text_encoder_alpha": te[0].alpha})
+    for key, value in derived.items():
         if key in extra and extra[key] != value:
             raise ValueError(f"metadata '{key}'={extra[key]!r} contradicts the weights ({value!r})")
-    merged = {**extra, **own}
-    merged.setdefault("modelspec.title", "lorastudio LoRA")
-    merged.setdefault("modelspec.date", _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat())
-    return merged
+    defaults = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": architecture,
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+        "modelspec.title": "lorastudio LoRA",
+        "modelspec.date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+    }
+    return {**defaults, **extra, **derived}

@@ -21,8 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from lorastudio.models.lora_formats import (
+    FORMATS,
+    UnsupportedLoraError,
+    detect_format,
+    parse_old_diffusers,
+    unsupported_message,
+)
+from lorastudio.models.weights_file import WeightsFileError, is_pickle_path, read_header, refuse_pickle
 from lorastudio.models.kohya_keys import (
     COMPONENTS,
+    DERIVED_KEYS,
     FAMILIES,
     UNetLayout,
     build_metadata,
@@ -39,7 +48,6 @@ if TYPE_CHECKING:
 LORA_FORMATS = ("kohya", "diffusers")
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # the header key diffusers reads LoraConfig from
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 @dataclass(frozen=True)
@@ -235,6 +243,7 @@ class LoraFile:
         return {
             "file": str(self.path),
             "format": self.format,
+            "format_label": FORMATS[self.format].label,
             "family": self.family,
             "modules": len(self.modules),
             "modules_per_block": self.block_counts(),
@@ -422,21 +431,24 @@ def export_adapter(
 
 
 def _load_tensors(path: Path, allow_pickle: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise PickleRefusedError(
-                f"{path}: '{path.suffix}' files are Python pickles and can run code when loaded; "
-                "convert it to .safetensors, or pass --allow-pickle if you trust its source"
-            )
+    if is_pickle_path(path):
+        try:
+            refuse_pickle(path, allow_pickle, "LoRA file")
+        except WeightsFileError as error:
+            raise PickleRefusedError(str(error)) from None
         import torch
 
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many kinds here; none should surface as a traceback
+            raise WeightsFileError(f"{path}: cannot read it as a PyTorch file ({type(error).__name__})") from None
         data = data.get("state_dict", data) if isinstance(data, dict) else data
         if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
             raise ValueError(f"{path}: not a flat dict of tensors")
         return dict(data), {}
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"{path}: LoRA files must be .safetensors (got '{path.suffix or 'no suffix'}')")
+    read_header(path)  # one clear line for pickles, junk and truncated files before safetensors sees them
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -460,24 +472,31 @@ def resolve_lora_path(path: Path | str) -> Path:
 
 def read_lora(path: Path | str, *, allow_pickle: bool = False, family: str | None = None,
               layout: UNetLayout | None = None) -> LoraFile:
-    """Read a kohya or diffusers LoRA file (or a diffusers folder) into a `LoraFile`."""
+    """Read a LoRA file (kohya, LoCon, diffusers old or new) or a diffusers folder into a `LoraFile`.
+
+    Raises `UnsupportedLoraError` naming the style for files it cannot parse (LoHa, LoKr,
+    DoRA, ...), and `WeightsFileError` for files that are not safetensors at all.
+    """
     file = resolve_lora_path(path)
     tensors, metadata = _load_tensors(file, allow_pickle)
     if not tensors:
         raise ValueError(f"{file}: holds no tensors")
-    if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in tensors):
-        fmt = "kohya"
+    fmt = detect_format(tensors, {k: tuple(v.shape) for k, v in tensors.items()}, metadata)
+    if not fmt.readable:
+        stems = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in tensors}
+        raise UnsupportedLoraError(unsupported_message(file, fmt, len(stems), min(tensors)), fmt)
+    if fmt.name in ("kohya", "kohya-locon"):
         family = family or guess_family([k.split(".", 1)[0] for k in tensors], metadata)
         modules = modules_from_kohya(tensors, layout)
-    elif any(".lora_A." in k for k in tensors):
-        fmt = "diffusers"
+    elif fmt.name == "diffusers":
         modules = modules_from_diffusers(tensors, metadata)
         family = family or _guess_diffusers_family(modules, metadata)
     else:
-        raise ValueError(f"{file}: neither kohya (lora_unet_/lora_te_ keys) nor PEFT (lora_A/lora_B) LoRA keys")
+        modules = [LoraModule(*entry) for entry in parse_old_diffusers(tensors)]
+        family = family or _guess_diffusers_family(modules, metadata)
     if family not in FAMILIES:
         raise ValueError(f"unknown family '{family}'; expected one of {', '.join(FAMILIES)}")
-    return LoraFile(file, fmt, family, tensors, metadata, modules)
+    return LoraFile(file, fmt.name, family, tensors, metadata, modules)
 
 
 def _guess_diffusers_family(modules: list[LoraModule], metadata: dict[str, str]) -> str:
@@ -523,8 +542,8 @@ def convert(path_in: Path | str, path_out: Path | str | None, to: str, family: s
     unet_modules = [m for m in source.modules if m.component == "unet"] or source.modules
     rank = Counter(m.rank for m in unet_modules).most_common(1)[0][0]
     alpha = Counter(m.alpha for m in unet_modules).most_common(1)[0][0]
-    for key in ("ss_network_dim", "ss_network_alpha", "ss_network_args", "ss_base_model_version", "ss_v2"):
-        carried.pop(key, None)  # re-derived from the weights below
+    for key in DERIVED_KEYS:
+        carried.pop(key, None)  # re-derived from the weights below; descriptive keys are carried as they are
     header = build_metadata(source.family, rank, alpha, source.modules, carried)
     header["lorastudio.converted_from"] = source.format
     if to == "kohya":

@@ -188,6 +188,36 @@ def _cli_ok(args: list[str], allowed: tuple[int, ...] = (0,)) -> int:
     return code
 
 
+DEMO_MARKER = ".lorastudio-demo.json"
+# Everything the demo writes at the top of --out; a folder holding anything else is not ours to clear.
+DEMO_ENTRIES = frozenset({DEMO_MARKER, "photos", "dataset", "run", "train.yaml", "tiny_base", "samples", "report.html"})
+
+
+def _clear_previous_demo(out: Path, say: Callable[[str], None]) -> None:
+    """Make `out` ready: missing, empty, or a previous demo's output, which is replaced.
+
+    A folder holding anything the demo does not make (or without the demo's marker) is
+    refused untouched, so a user's files are never deleted.
+    """
+    if not out.exists() or not any(out.iterdir()):
+        return
+    entries = {p.name for p in out.iterdir()}
+    foreign = sorted(entries - DEMO_ENTRIES)
+    if DEMO_MARKER not in entries or foreign:
+        shown = ", ".join(foreign[:3]) or "no demo marker"
+        raise FileExistsError(f"{out} is not empty and not a previous demo's output ({shown}); "
+                              "choose a new --out folder (nothing is overwritten)")
+    import shutil
+
+    say(f"replacing the previous demo output in {out}")
+    for name in sorted(entries):
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
 def run_demo(out: Path, opts: DemoOptions | None = None, say: Callable[[str], None] = print) -> DemoResult:
     """The whole workflow in `out` (created; must be empty or missing). Returns what it made."""
     import torch
@@ -205,9 +235,9 @@ def run_demo(out: Path, opts: DemoOptions | None = None, say: Callable[[str], No
 def _run_demo(out: Path, opts: DemoOptions, say: Callable[[str], None]) -> DemoResult:
     import yaml
 
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; choose a new --out folder (nothing is overwritten)")
+    _clear_previous_demo(out, say)
     out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text(json.dumps({"made_by": "lorastudio demo"}) + "\n", encoding="utf-8")
     result = DemoResult(out=out)
     photos, ds, run_dir = out / "photos", out / "dataset", out / "run"
     _stage(result, "photos", say, lambda: write_photos(photos, opts.images, opts.photo_size))
