@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("lorastudio.cli.report", "Write a run's self-contained HTML report."),
     "demo": ("lorastudio.cli.demo", "Run the whole workflow on a generated toy dataset."),
     "make-tiny": ("lorastudio.cli.make_tiny", "Build a tiny (or SD1.5-size) random model in diffusers layout."),
+    "serve": ("lorastudio.cli.serve", "Serve generate / enhance / train as an HTTP API with GPU workers."),
+    "keys": ("lorastudio.cli.keys", "Create, list and revoke API keys for `lorastudio serve`."),
     "doctor": ("lorastudio.cli.doctor", "Show versions, devices and extras; name known-bad combinations and the fix."),
 }
 # Commands that run even when the environment has a known-bad combination (they report it).

@@ -1,0 +1,369 @@
+"""What a worker does with each job kind: the real pipelines, or a timing stand-in.
+
+`PipelineRunner` holds a text-to-image pipeline and an image-to-image one built from the
+same components (`from_pipe`, weights shared), the LoRA LRU, and runs training jobs as a
+`lorastudio train` child process (so cancel is the trainer's own Ctrl-C checkpoint and a
+job that comes back after a lost worker resumes with `--resume auto`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from lorastudio.serving.files import content_path, read_content, store_bytes
+from lorastudio.serving.trace import JobCanceled, JobFailed, Trace
+
+
+def store_png(data_dir: Path, image: Any, info: dict) -> str:
+    """Save an output PNG content-addressed; only generation facts go in its text chunk."""
+    import io
+
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    meta.add_text("lorastudio", json.dumps(info, sort_keys=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=meta)
+    return store_bytes(data_dir, "outputs", buffer.getvalue(), "png")
+
+
+def load_input(data_dir: Path, sha: str) -> Any:
+    """A stored (already cleaned) input photo."""
+    import io
+
+    from PIL import Image
+
+    data = read_content(data_dir, "inputs", sha, "png")
+    if data is None:
+        raise JobFailed("bad_input", "the job's input image is gone")
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def lora_file(data_dir: Path, row: dict) -> Path:
+    """The registered adapter's file, checked against its recorded SHA-256."""
+    import hashlib
+
+    path = content_path(data_dir, "loras", row["sha256"], "safetensors")
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        raise JobFailed("lora_unusable", f"LoRA '{row['id']}' is registered but its file is missing") from None
+    if digest != row["sha256"]:
+        raise JobFailed("lora_unusable", f"LoRA '{row['id']}' changed on disk since it was registered")
+    return path
+
+
+
+class _Steps:
+    """The step callback: an event and a trace entry per denoising step, and the cancel check."""
+
+    def __init__(self, store: Any, job: Any, trace: Trace, total: int, image: int) -> None:
+        self.store, self.job, self.trace, self.total, self.image = store, job, trace, total, image
+        self.last = time.perf_counter()
+
+    def __call__(self, pipe: Any, index: int, timestep: Any, kwargs: dict) -> dict:
+        now = time.perf_counter()
+        ms = round((now - self.last) * 1000, 2)
+        self.last = now
+        entry = {"i": index + 1, "n": self.total, "image": self.image, "ms": ms, "timestep": float(timestep)}
+        latents = kwargs.get("latents")
+        if latents is not None:
+            entry.update(latent_mean=round(float(latents.mean()), 5), latent_std=round(float(latents.std()), 5),
+                         finite=bool(latents.isfinite().all()))
+        self.trace.add("denoise_step", **entry)
+        self.store.add_event(self.job.id, "step", {"i": index + 1, "n": self.total, "image": self.image, "ms": ms})
+        if self.store.cancel_requested(self.job.id):
+            raise JobCanceled()
+        return {}
+
+
+class FakeRunner:
+    """No model: sleeps `--fake-step-s` per step and writes a small deterministic PNG."""
+
+    def __init__(self, args: Any, store: Any, data: Path) -> None:
+        self.args, self.store, self.data = args, store, data
+
+    def release_memory(self) -> None:
+        """Nothing to release."""
+
+    def run(self, job: Any, trace: Trace) -> dict:
+        from PIL import Image
+
+        params = job.params
+        for ref in params.get("loras", []):  # the same registry checks as the real runner
+            row = self.store.get_lora(ref["id"])
+            if row is None or row["sha256"] != ref["sha256"]:
+                raise JobFailed("lora_unusable", f"LoRA '{ref['id']}' was deleted or replaced after the request")
+            lora_file(self.data, row)
+        steps = int(params.get("steps", 20))
+        images = []
+        for k in range(int(params.get("n", 1))):
+            for i in range(steps):
+                time.sleep(self.args.fake_step_s)
+                self.store.add_event(job.id, "step", {"i": i + 1, "n": steps, "image": k})
+                if self.store.cancel_requested(job.id):
+                    raise JobCanceled()
+            seed = int(params.get("seed", 0)) + k
+            shade = hashlib.sha256(f"{params.get('prompt')}|{seed}".encode()).digest()[:3]
+            images.append(store_png(self.data, Image.new("RGB", (16, 16), tuple(shade)), {"seed": seed, "fake": True}))
+        trace.add("fake_run", prompt=params.get("prompt"), steps=steps, images=len(images),
+                  loras=[r["id"] for r in params.get("loras", [])])
+        return {"images": images}
+
+
+class PipelineRunner:
+    """The real thing: diffusers pipelines on the worker's device."""
+
+    def __init__(self, args: Any, store: Any, data: Path) -> None:
+        import diffusers
+
+        from lorastudio.evaluation.loading import PIPELINE_CLASSES, load_pipeline
+
+        self.args, self.store, self.data = args, store, data
+        self.device = args.device
+        self.text2img = load_pipeline(args.model, family=args.family, device=self.device, progress=False)
+        kind = "sdxl" if args.family == "sdxl" else "sd"
+        self.img2img = getattr(diffusers, PIPELINE_CLASSES["img2img"][kind]).from_pipe(self.text2img)
+        self.img2img.set_progress_bar_config(disable=True)
+        self.adapters: OrderedDict[str, str] = OrderedDict()  # lora id -> sha256, most recent last
+        self.fingerprint = _fingerprint(args.model)
+
+    def release_memory(self) -> None:
+        """Give back cached GPU memory after an out-of-memory job."""
+        import gc
+
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def run(self, job: Any, trace: Trace) -> dict:
+        if job.kind == "train":
+            return run_training(self, job, trace)
+        specs = self._select_adapters(job.params.get("loras", []), trace)
+        trace.add("request", prompt=job.params["prompt"], seed=job.params["seed"], base_model=self.fingerprint,
+                  loras=[{"id": r["id"], "sha256": r["sha256"], "scale": r["scale"]} for r in job.params.get("loras", [])])
+        images = []
+        for k in range(int(job.params.get("n", 1))):
+            image = self._render(job, trace, k)
+            with trace.span("store", image=k):
+                info = {"prompt": job.params["prompt"], "seed": job.params["seed"] + k, "steps": job.params["steps"],
+                        "guidance": job.params["guidance"], "loras": [[s.name, s.scale] for s in specs],
+                        "base_model": self.fingerprint}
+                images.append(store_png(self.data, image, info))
+        return {"images": images}
+
+    def _render(self, job: Any, trace: Trace, k: int) -> Any:
+        import torch
+
+        params = job.params
+        generator = torch.Generator(device=self.device).manual_seed(int(params["seed"]) + k)
+        steps = _Steps(self.store, job, trace, int(params["steps"]), k)
+        encode = _EncodeTimer(self.text2img, trace)
+        common = dict(prompt=params["prompt"], negative_prompt=params.get("negative_prompt") or None,
+                      num_inference_steps=int(params["steps"]), guidance_scale=float(params["guidance"]),
+                      generator=generator, output_type="pil", callback_on_step_end=steps)
+        start = time.perf_counter()
+        with encode, torch.no_grad():
+            if job.kind == "enhance":
+                out = self._enhance(params, common, trace)
+            else:
+                out = self.text2img(width=int(params["width"]), height=int(params["height"]), **common).images[0]
+        trace.add("decode", ms=round((time.perf_counter() - steps.last) * 1000, 2), image=k)
+        trace.add("generate", ms=round((time.perf_counter() - start) * 1000, 2), image=k)
+        return out
+
+    def _enhance(self, params: dict, common: dict, trace: Trace) -> Any:
+        from PIL import Image
+
+        from lorastudio.evaluation.enhance import working_size
+
+        photo = load_input(self.data, params["image"])
+        if params.get("control", "none") != "none":
+            raise JobFailed("bad_input", "control=canny needs a ControlNet, which this server was not started with")
+        w, h = working_size(photo.width, photo.height, int(params["resolution"]))
+        trace.add("input", width=photo.width, height=photo.height, working=[w, h])
+        out = self.img2img(image=photo.resize((w, h), Image.LANCZOS), strength=float(params["strength"]),
+                           **common).images[0]
+        return out.resize(photo.size, Image.LANCZOS)
+
+    def _select_adapters(self, refs: list[dict], trace: Trace) -> list:
+        from lorastudio.evaluation.loading import LoadError, LoraSpec, set_scales
+
+        specs = []
+        for ref in refs:
+            name = "ls_" + ref["id"].replace("-", "_")
+            row = self.store.get_lora(ref["id"])
+            if row is None or row["sha256"] != ref["sha256"]:
+                raise JobFailed("lora_unusable", f"LoRA '{ref['id']}' was deleted or replaced after the request")
+            start = time.perf_counter()
+            hit = self.adapters.get(ref["id"]) == row["sha256"]
+            if hit:
+                self.adapters.move_to_end(ref["id"])
+            else:
+                path = lora_file(self.data, row)
+                try:
+                    self._load_adapter(LoraSpec(path=path, scale=ref["scale"], name=name), ref["id"], row["sha256"])
+                except LoadError as exc:
+                    raise JobFailed("lora_unusable", str(exc).split(": ", 1)[-1]) from None
+            self.store.bump("lora_cache_hits" if hit else "lora_cache_misses")
+            trace.add("lora_load", id=ref["id"], hit=hit, ms=round((time.perf_counter() - start) * 1000, 2))
+            specs.append(LoraSpec(path=Path(), scale=ref["scale"], name=name))
+        set_scales(self.text2img, specs)
+        return specs
+
+    def _load_adapter(self, spec: Any, lora_id: str, sha: str) -> None:
+        from lorastudio.evaluation.loading import apply_loras
+
+        if lora_id in self.adapters:  # same id, new file: drop the old weights first
+            self._evict(lora_id)
+        while len(self.adapters) >= self.args.lora_cache:
+            self._evict(next(iter(self.adapters)))
+        try:
+            apply_loras(self.text2img, [spec])
+        except Exception:
+            # Never leave a half-applied adapter behind: the next job must see the base model.
+            if spec.name in {n for names in self.text2img.get_list_adapters().values() for n in names}:
+                self.text2img.delete_adapters(spec.name)
+            raise
+        self.adapters[lora_id] = sha
+
+    def _evict(self, lora_id: str) -> None:
+        self.text2img.delete_adapters("ls_" + lora_id.replace("-", "_"))
+        self.adapters.pop(lora_id, None)
+
+
+class _EncodeTimer:
+    """Times the text encoders' forward passes (the prompt-encode stage) with hooks."""
+
+    def __init__(self, pipe: Any, trace: Trace) -> None:
+        self.encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e]
+        self.trace, self.handles, self.spent = trace, [], 0.0
+
+    def __enter__(self) -> "_EncodeTimer":
+        for encoder in self.encoders:
+            self.handles.append(encoder.register_forward_pre_hook(lambda *_: setattr(self, "_t", time.perf_counter())))
+            self.handles.append(encoder.register_forward_hook(self._after))
+        return self
+
+    def _after(self, *_: Any) -> None:
+        self.spent += time.perf_counter() - self._t
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.trace.add("text_encode", ms=round(self.spent * 1000, 2))
+
+
+def _fingerprint(model: str) -> str:
+    """A short id of the base model: SHA-256 over its config files and weight file sizes."""
+    digest = hashlib.sha256()
+    root = Path(model)
+    if root.is_dir():
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                digest.update(str(path.relative_to(root)).encode())
+                digest.update(path.read_bytes() if path.suffix == ".json" else str(path.stat().st_size).encode())
+    else:
+        digest.update(model.encode())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _child(argv: list[str], cwd: Path, log_path: Path) -> subprocess.Popen:
+    """A child process that dies with the worker (PR_SET_PDEATHSIG on Linux)."""
+    def die_with_parent() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+        except OSError:
+            pass
+
+    handle = open(log_path, "ab")
+    return subprocess.Popen(argv, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+                            env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")})
+
+
+def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path: Path) -> int:
+    """Run a lorastudio command as a child, forwarding cancel as Ctrl-C and progress as events."""
+    proc = _child([sys.executable, "-m", "lorastudio", *args], cwd, log_path)
+    metrics, sent = cwd / "run" / "metrics.jsonl", 0
+    interrupted = False
+    while proc.poll() is None:
+        time.sleep(0.5)
+        if not interrupted and runner.store.cancel_requested(job.id):
+            proc.send_signal(signal.SIGINT)  # the trainer checkpoints, then exits
+            interrupted = True
+        if metrics.is_file():
+            lines = metrics.read_text(encoding="utf-8").splitlines()
+            for line in lines[sent:]:
+                row = json.loads(line)
+                if "step" in row and "loss" in row:
+                    runner.store.add_event(job.id, "step", {"step": row["step"], "loss": row["loss"],
+                                                            "n": job.params["steps"]})
+            sent = len(lines)
+    if interrupted:
+        raise JobCanceled()
+    return proc.returncode
+
+
+def run_training(runner: PipelineRunner, job: Any, trace: Trace) -> dict:
+    """prepare -> caption (sidecars) -> train (resumable) -> register the final LoRA."""
+    import yaml
+
+    from lorastudio.serving.routes.loras import register_file
+
+    params = job.params
+    root = runner.data / "datasets" / params["run_id"]
+    log_path = root / "train.log"
+    dataset = root / "dataset"
+    stages = [
+        ("prepare", ["prepare", str(root / "raw"), "--out", str(dataset), "--resolution", str(params["resolution"]),
+                     "--square", "--min-side", "16", "--quiet"]),
+        ("caption", ["caption", str(dataset), "--backend", "manual", "--trigger", params["trigger"], "--quiet"]),
+    ]
+    for name, argv in stages:  # both are incremental: a resumed job redoes nothing
+        with trace.span(name):
+            if _cli(runner, job, argv, root, log_path) != 0:
+                raise JobFailed("train_failed", f"the {name} stage failed (see the run's train.log)")
+    config = {
+        "model": {"family": runner.args.family, "path": str(runner.args.model)},
+        "data": {"datasets": [str(dataset)]},
+        "network": {"rank": params["rank"], "alpha": float(params["rank"]), "targets": "attn"},
+        "train": {"max_steps": params["steps"], "batch_size": 1, "lr": params["learning_rate"], "seed": 0,
+                  "cache": "memory", "scheduler": "constant"},
+        "sample": {"at_start": False, "prompts": []},
+        "save": {"every_n_steps": params["checkpoint_every"], "keep_last": 2},
+        "output_dir": str(root / "run"),
+        "logging": {"every_n_steps": 1, "tensorboard": False},
+    }
+    (root / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    with trace.span("train", attempt=job.attempts):
+        code = _cli(runner, job, ["train", str(root / "train.yaml"), "--resume", "auto", "--no-progress",
+                                  "--skip-audit"], root, log_path)
+    if code != 0:
+        raise JobFailed("train_failed", f"training exited with code {code} (see the run's train.log)")
+    final = root / "run" / "final" / "lora.safetensors"
+    tmp = runner.data / "tmp" / f"{job.id}.upload"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(final.read_bytes())
+
+    class _Settings:  # what register_file reads
+        family, data_dir, model = runner.args.family, runner.data, runner.args.model
+
+    row = register_file(_Settings, runner.store, tmp, params["lora_id"], job.key_id)
+    trace.add("registered", lora_id=row["id"], sha256=row["sha256"])
+    return {"lora_id": row["id"], "sha256": row["sha256"], "steps": params["steps"], "images": []}
