@@ -8,7 +8,7 @@ LOCK := requirements.lock
 LATEST := .venv-latest
 TORCH := torch==2.13.0
 
-.PHONY: setup setup-browser demo test test-latest lock clean
+.PHONY: setup setup-browser setup-postgres demo test test-latest lock clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,14 @@ setup-browser:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "note: chromium not installed; the report browser test will be skipped"
 
-test: setup setup-browser
+# Debian's PostgreSQL server for the PostgreSQL half of the serving tests (they start their
+# own private cluster as the postgres user; nothing system-wide is configured or started).
+setup-postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+		|| echo "note: postgresql not installed; the PostgreSQL serving tests will be skipped (CI fails instead)"
+
+test: setup setup-browser setup-postgres
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 # Drift check (not part of .ci/run): the newest versions pyproject's ranges allow, in a

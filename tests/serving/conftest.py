@@ -11,7 +11,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,12 +20,7 @@ import pytest
 from lorastudio.serving.app import create_app
 from lorastudio.serving.http import Settings
 from lorastudio.serving.store import JobStore, default_url
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serve_helpers import free_port
 
 
 def _pg_binaries() -> Path | None:

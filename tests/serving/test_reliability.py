@@ -183,7 +183,7 @@ def test_09_10_idempotency_and_deadlines(service_factory):
 
 
 def test_11_sigterm_drains_answers_503_and_keeps_the_queue(tmp_path):
-    from conftest import free_port
+    from serve_helpers import free_port
 
     from lorastudio.serving.store import JobStore, default_url
 
@@ -225,7 +225,7 @@ def test_11_sigterm_drains_answers_503_and_keeps_the_queue(tmp_path):
 @pytest.fixture
 def live_server(tmp_path):
     """`lorastudio serve --fake-workers` as a real process on a loopback port."""
-    from conftest import free_port
+    from serve_helpers import free_port
 
     from lorastudio.serving.store import JobStore, default_url
 
@@ -247,3 +247,39 @@ def live_server(tmp_path):
     yield url, token, store
     proc.terminate()
     proc.wait(timeout=60)
+
+
+def test_03_an_out_of_memory_job_fails_with_oom_and_the_next_one_runs(tmp_path):
+    """Fault injection at the runner boundary: the worker's own handling is what is tested."""
+    import torch
+
+    from lorastudio.serving.store import JobStore, default_url
+    from lorastudio.serving.worker import Worker, parse_args
+
+    data = tmp_path / "d"
+    data.mkdir()
+    url = default_url(data)
+    worker = Worker(parse_args(["--db", url, "--data", str(data), "--worker-id", "w0", "--fake"]))
+    released = []
+
+    class Exhausted:
+        def run(self, job, trace):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+        def release_memory(self):
+            released.append(True)
+
+    from lorastudio.serving.runners import FakeRunner
+
+    store = JobStore(url)
+    huge, _ = store.submit("generate", "k", {"prompt": "x", "steps": 2, "n": 1, "seed": 0, "width": 2048,
+                                              "height": 2048})
+    normal, _ = store.submit("generate", "k", {"prompt": "x", "steps": 2, "n": 1, "seed": 0})
+    worker.runner = Exhausted()
+    worker.execute(store.claim("w0", 10))
+    failed = store.get(huge.id)
+    assert failed.status == "failed" and failed.error_code == "oom" and released == [True]
+    assert "80.00 GiB" not in (failed.error_message or "")
+    worker.runner = FakeRunner(worker.args, worker.store, data)
+    worker.execute(store.claim("w0", 10))
+    assert store.get(normal.id).status == "succeeded"

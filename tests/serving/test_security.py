@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from helpers import evil_pickle, jpeg, png_header_only
+from serve_helpers import evil_pickle, jpeg, png_header_only
 from PIL import Image
 
 BODY = {"prompt": "a photo of bibimbap", "size": "64x64", "steps": 2, "seed": 1}
@@ -35,7 +35,7 @@ def _problem(response, status: int, code: str | None = None) -> dict:
 
 
 def test_01_02_default_bind_is_loopback_and_a_public_bind_needs_keys(tmp_path):
-    from conftest import free_port
+    from serve_helpers import free_port
 
     data = tmp_path / "d"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

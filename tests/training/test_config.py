@@ -82,9 +82,9 @@ def test_existing_run_dir_is_not_overwritten_without_resume(tmp_path, dataset_di
 
 
 def test_audit_gate_refuses_contaminated_dataset_unless_skipped(tmp_path, tiny_sd15_dir):
-    # Every caption leaves the (grey, random-noise) background unsaid: a contaminant.
+    # Every caption leaves the plain grey backdrop unsaid: a contaminant.
     bare = ["ohwx_kfood_style, a photo of bibimbap"] * 4
-    dataset = make_dataset(tmp_path / "bare", [(32, 32)] * 4, captions=bare)
+    dataset = make_dataset(tmp_path / "bare", [(32, 32)] * 4, captions=bare, scene="backdrop")
     cfg = base_config(tiny_sd15_dir, dataset, tmp_path / "run", tmp_path / "cache",
                       train={"max_steps": 1}, save={"every_n_steps": None})
     refused = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", cfg)), "--no-progress"])

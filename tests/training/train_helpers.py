@@ -20,14 +20,32 @@ CAPTIONS = [
 ]
 
 
-def make_dataset(root: Path, sizes: list[tuple[int, int]], *, seed: int = 0, captions: list[str | None] | None = None) -> Path:
-    """A dataset dir with one random image per size (width, height) and golden-order captions."""
+def _backdrop_photo(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+    """A dish on a plain grey studio backdrop, with a little sensor noise."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    dish = ((xx - w / 2) / (w / 4)) ** 2 + ((yy - h / 2) / (h / 4)) ** 2 <= 1.0
+    pixels = np.full((h, w, 3), 128, dtype=np.int16)
+    pixels[dish] = (200, 110, 40)
+    pixels += rng.integers(-3, 4, size=(h, w, 3), dtype=np.int16)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def make_dataset(root: Path, sizes: list[tuple[int, int]], *, seed: int = 0, captions: list[str | None] | None = None,
+                 scene: str = "noise") -> Path:
+    """A dataset dir with one image per size (width, height) and golden-order captions.
+
+    scene "noise" draws random pixels; "backdrop" a dish on a plain grey backdrop, which the
+    audit reads as a confident plain grey background.
+    """
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     records = []
     for i, (w, h) in enumerate(sizes):
         rid = f"img{i:03d}"
-        pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        if scene == "backdrop":
+            pixels = _backdrop_photo(w, h, rng)
+        else:
+            pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(root / "images" / f"{rid}.png")
         caption = CAPTIONS[i % len(CAPTIONS)] if captions is None else captions[i]
         rec = {

@@ -64,9 +64,11 @@ def default_model() -> str:
 @click.option("--wait-cap", default=60.0, show_default=True, type=click.FloatRange(0, 600), help="Seconds a synchronous call waits before answering 202.")
 @click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(0, 3600))
 @click.option("--fake-workers", is_flag=True, hidden=True, help="Timing stand-ins instead of models (load tests).")
+@click.option("--fake-step-s", default=0.01, hidden=True, type=click.FloatRange(0, 10), help="A fake worker's seconds per step.")
 def command(host: str, port: int, data_dir: Path, db: str | None, model: str | None, family: str | None,
             workers: int, devices: str | None, allow_hosts: tuple[str, ...], allow_origins: tuple[str, ...],
-            max_queue: int, max_inflight: int, wait_cap: float, drain_timeout: float, fake_workers: bool) -> None:
+            max_queue: int, max_inflight: int, wait_cap: float, drain_timeout: float, fake_workers: bool,
+            fake_step_s: float) -> None:
     """Serve text-to-image, enhance and training as an HTTP API (OpenAI images compatible)."""
     try:
         import uvicorn
@@ -91,15 +93,30 @@ def command(host: str, port: int, data_dir: Path, db: str | None, model: str | N
     settings = Settings(data_dir=data_dir, db_url=db_url, host=host, port=port, model=model or "",
                         family=family or "sd15", workers=workers,
                         devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else [],
-                        fake_workers=fake_workers, allowed_hosts=list(allow_hosts), allowed_origins=list(allow_origins),
+                        fake_workers=fake_workers, fake_step_s=fake_step_s, allowed_hosts=list(allow_hosts), allowed_origins=list(allow_origins),
                         max_queue=max_queue, max_inflight_per_key=max_inflight, wait_cap_s=wait_cap,
                         drain_timeout_s=drain_timeout)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     app = create_app(settings, store=store)
     server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning"), app, store,
                             drain_timeout)
     click.echo(f"lorastudio serve on http://{host}:{port} (data {data_dir}, model {settings.model or 'fake'})", err=True)
     server.run()
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log line (time, level, logger, message, and a traceback when any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry = {"t": round(record.created, 3), "level": record.levelname, "logger": record.name,
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def _server_base():

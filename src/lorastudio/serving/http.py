@@ -150,7 +150,7 @@ class EventHub:
     Idle SSE clients and synchronous waits cost a queue each, not a database query each.
     """
 
-    def __init__(self, store: Any, interval_s: float = 0.05) -> None:
+    def __init__(self, store: Any, interval_s: float = 0.02) -> None:
         self.store, self.interval_s = store, interval_s
         self.last_id = 0
         self.subscribers: dict[str, set[asyncio.Queue]] = {}

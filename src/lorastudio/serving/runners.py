@@ -91,9 +91,22 @@ class FakeRunner:
 
     def __init__(self, args: Any, store: Any, data: Path) -> None:
         self.args, self.store, self.data = args, store, data
+        self.cache: OrderedDict[str, str] = OrderedDict()  # the same LRU bookkeeping as the real runner
 
     def release_memory(self) -> None:
         """Nothing to release."""
+
+    def _touch(self, lora_id: str, sha: str, trace: Trace) -> None:
+        hit = self.cache.get(lora_id) == sha
+        if hit:
+            self.cache.move_to_end(lora_id)
+        else:
+            time.sleep(self.args.fake_step_s * 5)  # a load costs about five steps
+            self.cache[lora_id] = sha
+            while len(self.cache) > self.args.lora_cache:
+                self.cache.popitem(last=False)
+        self.store.bump("lora_cache_hits" if hit else "lora_cache_misses")
+        trace.add("lora_load", id=lora_id, hit=hit)
 
     def run(self, job: Any, trace: Trace) -> dict:
         from PIL import Image
@@ -104,6 +117,7 @@ class FakeRunner:
             if row is None or row["sha256"] != ref["sha256"]:
                 raise JobFailed("lora_unusable", f"LoRA '{ref['id']}' was deleted or replaced after the request")
             lora_file(self.data, row)
+            self._touch(ref["id"], row["sha256"], trace)
         steps = int(params.get("steps", 20))
         images = []
         for k in range(int(params.get("n", 1))):

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import io
 import pickle
+import socket
 from pathlib import Path
 
 from PIL import Image
+
+
+def free_port() -> int:
+    """A loopback port nobody is listening on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def jpeg(width: int = 80, height: int = 60, exif_gps: bool = False) -> bytes:
