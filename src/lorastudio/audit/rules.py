@@ -7,10 +7,12 @@ suggested fix. Everything is one pass over the captions, so the cost grows linea
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +25,24 @@ IDENTICAL_MIN_GROUP = 3
 LIGHTING_GROUP_PREFIX = "lighting"
 ORDINARY_PHRASES = ("neutral lighting", "flat lighting", "neutral white balance")
 _SQUASH = re.compile(r"[^0-9a-z]+")
+_TOKENIZE_CHUNK = 4096  # captions per tokenizer call: bounded memory on 100k-caption datasets
+
+
+@contextlib.contextmanager
+def _no_cycle_collector() -> Iterator[None]:
+    """Pause Python's cycle collector while the rules build many small acyclic objects.
+
+    Its full collections walk every live object, and a pass over n captions triggers a number
+    of them that grows with n, so the audit grew faster than linearly (10k -> 100k captions:
+    14x). Nothing built here forms a reference cycle; reference counting frees it all.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass
@@ -60,6 +80,11 @@ class CaptionEntry:
 
 def build_entries(items: Iterable[tuple[str, str | None, str | None]], vocab: Vocabulary) -> list[CaptionEntry]:
     """Parse (id, caption_text, sidecar_text or None) triples with the vocabulary."""
+    with _no_cycle_collector():
+        return _build_entries(items, vocab)
+
+
+def _build_entries(items: Iterable[tuple[str, str | None, str | None]], vocab: Vocabulary) -> list[CaptionEntry]:
     out = []
     for rid, text, sidecar in items:
         entry = CaptionEntry(rid, (text or "").strip(), sidecar)
@@ -293,7 +318,9 @@ def check_tokens(entries: Sequence[CaptionEntry], budget: TokenBudget | None) ->
     for name, tok in budget.tokenizers:
         limit = usable_tokens(tok)
         # verbose=False: over-long captions are what we look for, not a tokenizer warning.
-        ids = tok([e.text for e in texts], add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+        ids = [row for start in range(0, len(texts), _TOKENIZE_CHUNK)
+               for row in tok([e.text for e in texts[start:start + _TOKENIZE_CHUNK]],
+                              add_special_tokens=False, verbose=False)["input_ids"]]
         for e, tokens in zip(texts, ids):
             if len(tokens) <= limit:
                 continue
@@ -307,6 +334,12 @@ def check_tokens(entries: Sequence[CaptionEntry], budget: TokenBudget | None) ->
 def run_text_rules(entries: Sequence[CaptionEntry], vocab: Vocabulary, *, trigger: str | None,
                    budget: TokenBudget | None) -> list[Finding]:
     """Every text rule over the parsed captions."""
+    with _no_cycle_collector():
+        return _run_text_rules(entries, vocab, trigger=trigger, budget=budget)
+
+
+def _run_text_rules(entries: Sequence[CaptionEntry], vocab: Vocabulary, *, trigger: str | None,
+                    budget: TokenBudget | None) -> list[Finding]:
     findings = check_presence(entries)
     findings += check_trigger(entries, trigger)
     findings += check_order(entries, vocab, trigger)
