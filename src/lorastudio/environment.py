@@ -31,6 +31,15 @@ class Problem:
     message: str
 
 
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's bf16 instruction sets (Linux), which make bf16 autocast fast on the CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
+    except OSError:
+        return []
+    return sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile")})
+
+
 def version_of(dist: str) -> str | None:
     """The installed version of a distribution, or None."""
     try:

@@ -14,27 +14,20 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 
 
 def _torch_facts() -> dict:
+    from lorastudio.environment import cpu_bf16_flags
+
     try:
         import torch
     except Exception as exc:  # a broken torch install is exactly what doctor must report
         return {"error": f"torch does not import: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     facts = {"version": torch.__version__, "cuda_build": torch.version.cuda, "cuda": torch.cuda.is_available(),
              "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-             "devices": [], "cpu_bf16": _cpu_bf16()}
+             "devices": [], "cpu_bf16": cpu_bf16_flags()}
     if facts["cuda"]:
         for index in range(torch.cuda.device_count()):
             facts["devices"].append({"name": torch.cuda.get_device_name(index),
                                      "bf16": bool(torch.cuda.is_bf16_supported())})
     return facts
-
-
-def _cpu_bf16() -> list[str]:
-    """The CPU's bf16 instruction sets (Linux), which make bf16 autocast fast on the CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
-    except OSError:
-        return []
-    return sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile")})
 
 
 def _cache_facts() -> dict:

@@ -25,7 +25,7 @@ from lorastudio.training.features import Features
 from lorastudio.training.logging import MetricsLogger, Progress, Smoothed, peak_gpu_mb, peak_rss_mb
 from lorastudio.training.loss import diffusion_loss, sample_noise, training_target
 from lorastudio.training.optim import build_lr_scheduler, build_optimizer
-from lorastudio.training.preflight import preflight
+from lorastudio.training.preflight import preflight, resolve_mixed_precision
 from lorastudio.training.sampling import render_samples
 from lorastudio.training.signals import StopRequest
 from lorastudio.training.state import STATE_DIR, LoopPosition, ResumeError, check_compatible, load_trainer_state, read_meta, save_trainer_state
@@ -83,6 +83,12 @@ def run(cfg: TrainConfig, *, resume: str | None = None, force: bool = False, sho
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    if cfg.train.mixed_precision == "auto":
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.mixed_precision = resolve_mixed_precision(cfg)
+        print(f"train.mixed_precision: auto -> {cfg.train.mixed_precision}"
+              + (" (bf16 autocast; set train.mixed_precision: no for fp32)" if cfg.train.mixed_precision == "bf16" else ""),
+              file=sys.stderr)
     accelerator = Accelerator(cpu=not _cuda(), mixed_precision=cfg.train.mixed_precision)
     try:
         session = setup(cfg, items, accelerator, show_progress=show_progress)
