@@ -68,6 +68,10 @@ def time_pixels(vocab, count: int) -> float:
         return count / (time.perf_counter() - start)
 
 
+def verdict(ratio: float) -> str:
+    return "OK" if ratio <= 12 else "TOO SLOW"
+
+
 def main() -> None:
     """Print the figures and the scaling ratio."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,7 +89,6 @@ def main() -> None:
     t10k, f10k = min(time_text_rules(vocab, budget, 10_000) for _ in range(3))
     print(f"text rules, 1,000 captions:   {t1k:.3f} s ({1_000 / t1k:,.0f} captions/s, {f1k} findings)")
     print(f"text rules, 10,000 captions:  {t10k:.3f} s ({10_000 / t10k:,.0f} captions/s, {f10k} findings)")
-    verdict = lambda r: "OK" if r <= 12 else "TOO SLOW"  # noqa: E731
     ratio = t10k / t1k
     print(f"10k / 1k time ratio: {ratio:.2f}x (linear = 10x; limit 12x) -> {verdict(ratio)}")
     if not args.no_100k:

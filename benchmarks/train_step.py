@@ -258,15 +258,15 @@ def main() -> None:
     parser.add_argument("--child", choices=["reference", "lower_bound"])
     parser.add_argument("--floor", action="store_true", help="measure the lower bound option by option")
     parser.add_argument("--fp32-only", action="store_true", help="skip the bf16 rows")
-    parser.add_argument("--options", nargs="+", default=list(FLOOR_OPTIONS), help=f"floor options ({', '.join(FLOOR_OPTIONS)})")
+    parser.add_argument("--options", nargs="+", help=f"floor options (default: all of {', '.join(FLOOR_OPTIONS)})")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
-        child(args.child, args.res[0], args.steps, args.warmup, "+".join(args.options) if args.options != list(FLOOR_OPTIONS) else "plain")
+        child(args.child, args.res[0], args.steps, args.warmup, "+".join(args.options or ["plain"]))
         return
     ensure_model()
     if args.floor:
-        run_floor(args.res, args.options, args.steps, args.warmup)
+        run_floor(args.res, args.options or list(FLOOR_OPTIONS), args.steps, args.warmup)
         return
     print(f"torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}; {args.warmup} warm-up + {args.steps} timed steps (median)", flush=True)
     for res in args.res:

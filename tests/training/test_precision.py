@@ -16,8 +16,6 @@ def _cfg(tmp_path, model_dir, precision=None):
     dataset = make_dataset(tmp_path / "ds", [(32, 32)])
     train = {"mixed_precision": precision} if precision else {}
     raw = base_config(model_dir, dataset, tmp_path / "run", tmp_path / "cache", train=train)
-    if precision is None:
-        raw["train"].pop("mixed_precision", None)
     return load_config(TrainConfig, write_config(tmp_path / "cfg.yaml", raw))
 
 

@@ -78,13 +78,9 @@ class CaptionEntry:
     mentions: set[str] = field(default_factory=set)
 
 
+@_no_cycle_collector()
 def build_entries(items: Iterable[tuple[str, str | None, str | None]], vocab: Vocabulary) -> list[CaptionEntry]:
     """Parse (id, caption_text, sidecar_text or None) triples with the vocabulary."""
-    with _no_cycle_collector():
-        return _build_entries(items, vocab)
-
-
-def _build_entries(items: Iterable[tuple[str, str | None, str | None]], vocab: Vocabulary) -> list[CaptionEntry]:
     out = []
     for rid, text, sidecar in items:
         entry = CaptionEntry(rid, (text or "").strip(), sidecar)
@@ -331,15 +327,10 @@ def check_tokens(entries: Sequence[CaptionEntry], budget: TokenBudget | None) ->
     return out
 
 
+@_no_cycle_collector()
 def run_text_rules(entries: Sequence[CaptionEntry], vocab: Vocabulary, *, trigger: str | None,
                    budget: TokenBudget | None) -> list[Finding]:
     """Every text rule over the parsed captions."""
-    with _no_cycle_collector():
-        return _run_text_rules(entries, vocab, trigger=trigger, budget=budget)
-
-
-def _run_text_rules(entries: Sequence[CaptionEntry], vocab: Vocabulary, *, trigger: str | None,
-                    budget: TokenBudget | None) -> list[Finding]:
     findings = check_presence(entries)
     findings += check_trigger(entries, trigger)
     findings += check_order(entries, vocab, trigger)

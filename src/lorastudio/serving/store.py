@@ -169,7 +169,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across crashes, no fsync per commit
+        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: survives a process crash; a power cut may undo the last commits
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lorastudio.config.train import TrainConfig
+from lorastudio.config.train import ModelSection, TrainConfig
 from lorastudio.data.dataset import DatasetError, Item, load_all_items
 from lorastudio.models.families import FamilyError, check_model_matches, is_single_file
 from lorastudio.training.optim import OptimizerUnavailable, check_optimizer
@@ -32,10 +32,9 @@ BF16_MIN_UNET_WIDTH = 640
 BF16_MIN_SINGLE_FILE_BYTES = 1 << 30
 
 
-def _unet_width(model_cfg) -> int | None:
+def _unet_width(model_cfg: ModelSection) -> int | None:
     """The UNet's widest block from its config (folder or hub cache), None when not readable."""
     import json
-
 
     path = Path(model_cfg.path)
     if is_single_file(model_cfg.path):
@@ -63,12 +62,10 @@ def resolve_mixed_precision(cfg: TrainConfig) -> str:
 
     from lorastudio.environment import cpu_bf16_flags
 
-    if torch.cuda.is_available():
-        fast = torch.cuda.is_bf16_supported()
-    else:
-        fast = bool(cpu_bf16_flags())
-    width = _unet_width(cfg.model) if fast else None
-    return "bf16" if fast and width is not None and width >= BF16_MIN_UNET_WIDTH else "no"
+    fast = torch.cuda.is_bf16_supported() if has_gpu() else bool(cpu_bf16_flags())
+    if not fast:
+        return "no"
+    return "bf16" if (_unet_width(cfg.model) or 0) >= BF16_MIN_UNET_WIDTH else "no"
 
 
 def check_machine(cfg: TrainConfig) -> None:
