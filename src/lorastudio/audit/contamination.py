@@ -3,7 +3,10 @@
 For every attribute some detector looked at: `present_rate` (share of assessed images where
 a detector sees it), `mention_rate` (share of captions naming it, synonyms included), the
 images where it is present but unnamed, the images whose caption names it while every
-detector is confident it is absent, and a verdict:
+detector is confident it is absent, and a verdict. Only confident calls count (see
+`lorastudio.audit.detectors`): an image no witness is sure about, or where witnesses
+disagree, or where an attribute and its opposite both came out present, is "cannot tell"
+and counts as not present, so a contaminant is never reported on a guess.
 
 - `contaminant`: present in at least `min_present` of the images and named in fewer than
   half of them; the trigger will absorb it;
@@ -20,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lorastudio.audit.detectors import PRESENT, Evidence
+from lorastudio.audit.detectors import CANNOT_TELL, NOT_SEEN, OPPOSITES, SEEN, Evidence
 from lorastudio.audit.rules import Finding
 from lorastudio.captions.vocab import DEFAULT_MIN_PRESENT, Vocabulary
 
@@ -47,6 +50,8 @@ class AttributeRow:
     verdict: str
     present_unnamed: list[str] = field(default_factory=list)
     named_absent: list[str] = field(default_factory=list)
+    decided: int = 0
+    evidence: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (rates rounded to 4 places)."""
@@ -56,24 +61,49 @@ class AttributeRow:
         return d
 
 
-def _combine(evidences: Sequence[Evidence], attr_id: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Per image: assessed, present (any witness says so), confidently absent (every witness agrees)."""
-    stacks, limits, sources = [], [], []
+def _combine(evidences: Sequence[Evidence], attr_id: str, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per image: looked at by some witness, and the combined call (SEEN / NOT_SEEN / CANNOT_TELL).
+
+    A call is confident only when at least one witness is confident and no witness is
+    confident the other way: two witnesses that disagree make the image "cannot tell".
+    """
+    stacks, sources = [], []
     for ev in evidences:
-        probs = ev.probs.get(attr_id)
-        if probs is not None and np.isfinite(probs).any():
-            stacks.append(np.asarray(probs, dtype=np.float32))
-            limits.append(ev.absent_below)
+        calls = ev.calls(attr_id)
+        if calls is not None and np.isfinite(calls).any():
+            stacks.append(calls)
             sources.append(ev.source)
     if not stacks:
-        none = np.zeros(n, bool)
-        return none, none, none, []
+        return np.zeros(n, bool), np.zeros(n, np.int8), []
     arr = np.stack(stacks)
     seen = np.isfinite(arr)
-    assessed = seen.any(axis=0)
-    present = np.where(seen, arr, -1.0).max(axis=0) >= PRESENT
-    sure_absent = np.where(seen, arr <= np.array(limits, dtype=np.float32)[:, None], True).all(axis=0)
-    return assessed, present, assessed & sure_absent, sources
+    pos = (np.where(seen, arr, 0) == SEEN).any(axis=0)
+    neg = (np.where(seen, arr, 0) == NOT_SEEN).any(axis=0)
+    call = np.where(pos & ~neg, SEEN, np.where(neg & ~pos, NOT_SEEN, CANNOT_TELL)).astype(np.int8)
+    return seen.any(axis=0), call, sources
+
+
+def combined_calls(evidences: Sequence[Evidence], attr_ids: Sequence[str], n: int) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """`_combine` for every id, then opposite attributes both present in one image become "cannot tell"."""
+    out = {a: _combine(evidences, a, n) for a in attr_ids}
+    for a, b in OPPOSITES:
+        if a in out and b in out:
+            both = (out[a][1] == SEEN) & (out[b][1] == SEEN)
+            out[a][1][both] = CANNOT_TELL
+            out[b][1][both] = CANNOT_TELL
+    return out
+
+
+def _evidence_text(evidences: Sequence[Evidence], attr_id: str, index: int) -> str:
+    parts = [f"{ev.source}: {ev.detail(attr_id, index)}" for ev in evidences if ev.detail(attr_id, index)]
+    return "; ".join(parts)
+
+
+def _rivals(vocab: Vocabulary, attr) -> set[str]:
+    """Other values of the same exclusive objective group (empty for other attributes)."""
+    if not attr.exclusive or attr.kind != "objective":
+        return set()
+    return {a.id for a in vocab.groups().get(attr.group, []) if a.id != attr.id}
 
 
 def _named_by(evidences: Sequence[Evidence], attr_id: str) -> set[str]:
@@ -92,19 +122,33 @@ def contamination_table(vocab: Vocabulary, image_ids: Sequence[str], mentions: S
     """
     n = len(image_ids)
     covered = sorted({a for ev in evidences for a in ev.covered()})
+    calls = combined_calls(evidences, covered, n)
     rows = []
     for attr_id in covered:
         attr = vocab.by_id(attr_id)
-        seen, present, absent, sources = _combine(evidences, attr_id, n)
+        seen, call, sources = calls[attr_id]
+        present, absent = call == SEEN, call == NOT_SEEN
         assessed = int(seen.sum())
         if assessed == 0:
             continue
         names = _named_by(evidences, attr_id)
         named = np.array([bool(m & names) for m in mentions], dtype=bool)
+        # A caption that gives an objective, exclusive attribute another value ("grey
+        # background" where the pixels read black after a low-key grade) has described it:
+        # that is a disagreement to look at, not an unnamed contaminant (and --fix would
+        # not add a second value anyway).
+        rivals = _rivals(vocab, attr)
+        described = np.array([bool(m & rivals) for m in mentions], dtype=bool) & ~named
         threshold = attr.min_present if attr.min_present != DEFAULT_MIN_PRESENT else min_present
+        # Only confident calls count: an image a detector cannot tell about is not "present".
         present_rate = float(present.sum()) / assessed
-        named_share = float((present & named).sum()) / max(int(present.sum()), 1)
-        if attr.kind == "subjective" and present_rate >= STYLE_CONSTANT_RATE:
+        unnamed = np.flatnonzero(present & ~named & ~described)
+        named_share = float((present & (named | described)).sum()) / max(int(present.sum()), 1)
+        decided = int((present | absent).sum())
+        # A look in (nearly) every image the detectors could judge is a style constant, even
+        # when some images were "cannot tell".
+        sure_rate = float(present.sum()) / decided if decided * 2 >= assessed and decided else 0.0
+        if attr.kind == "subjective" and sure_rate >= STYLE_CONSTANT_RATE:
             verdict = STYLE_CONSTANT
         elif present_rate >= threshold and named_share < NAMED_ENOUGH:
             verdict = CONTAMINANT
@@ -112,10 +156,11 @@ def contamination_table(vocab: Vocabulary, image_ids: Sequence[str], mentions: S
             verdict = OK
         rows.append(AttributeRow(
             id=attr_id, phrase=attr.phrase, group=attr.group, kind=attr.kind, sources=sources, assessed=assessed,
-            present_rate=present_rate, mention_rate=float(np.mean([attr_id in m for m in mentions])) if n else 0.0,
-            min_present=threshold, verdict=verdict,
-            present_unnamed=[image_ids[i] for i in np.flatnonzero(present & ~named)],
+            present_rate=present_rate, mention_rate=float(named.mean()) if n else 0.0,
+            min_present=threshold, verdict=verdict, present_unnamed=[image_ids[i] for i in unnamed],
             named_absent=[image_ids[i] for i in np.flatnonzero(absent & np.array([attr_id in m for m in mentions]))],
+            decided=decided,
+            evidence={image_ids[i]: _evidence_text(evidences, attr_id, int(i)) for i in unnamed},
         ))
     order = {CONTAMINANT: 0, STYLE_CONSTANT: 1, OK: 2}
     rows.sort(key=lambda r: (order[r.verdict], -r.present_rate, r.id))
@@ -130,7 +175,8 @@ def contamination_findings(rows: Sequence[AttributeRow]) -> list[Finding]:
     """Findings from the table: contaminants, partly named attributes, style constants, hallucinations."""
     out = []
     for r in rows:
-        where = f"present in {r.present_rate:.0%} of images (by {', '.join(r.sources)}), named in {r.mention_rate:.0%} of captions"
+        where = (f"confidently present in {r.present_rate:.0%} of images (by {', '.join(r.sources)}; "
+                 f"{r.assessed - r.decided} cannot tell), named in {r.mention_rate:.0%} of captions")
         if r.verdict == CONTAMINANT:
             out.append(Finding("contamination.contaminant", "error", None,
                                f"'{r.phrase}' ({r.id}) is {where}: the trigger will absorb it",

@@ -1,5 +1,11 @@
 """`audit --fix`: name each contaminant in slot 4 of the images that show it unnamed.
 
+Only confident calls reach `present_unnamed` (see `lorastudio.audit.contamination`), and
+the plan adds nothing that contradicts the caption: no attribute whose opposite the
+caption names (or that this fix would also add), and no second value of an exclusive
+group the caption already fills ("black background" beside "white background"). Each
+added phrase carries the detector's evidence, shown in the diff.
+
 Changes are planned first (`plan_fixes`) so the CLI can show the diff and change nothing
 without `--yes`. Applying them goes through the caption history (one op id for the whole
 fix, so `lorastudio caption --undo` reverts it) and rewrites the sidecars.
@@ -13,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lorastudio.audit.contamination import CONTAMINANT, AttributeRow
+from lorastudio.audit.detectors import opposites_of
 from lorastudio.captions.history import caption_of, new_op_id, new_source, set_caption
 from lorastudio.captions.slots import Caption, add_phrase, compose
 
@@ -26,12 +33,23 @@ class FixChange:
     after: str
     caption: Caption
     added: list[str] = field(default_factory=list)
+    evidence: dict[str, str] = field(default_factory=dict)
+
+
+def _conflicts(attr_id: str, named: set[str], vocab) -> bool:
+    """True when a caption naming `named` would contradict itself by adding `attr_id`."""
+    if named & opposites_of(attr_id):
+        return True
+    attr = vocab.by_id(attr_id)
+    if not attr.exclusive or attr.kind != "objective":
+        return False
+    return any(vocab.by_id(other).group == attr.group for other in named if other != attr_id)
 
 
 def plan_fixes(rows: Sequence[AttributeRow], records: Sequence[dict[str, Any]], vocab) -> list[FixChange]:
-    """One change per image that shows a contaminant without naming it."""
+    """One change per image that confidently shows a contaminant its caption does not name."""
     by_id = {r["id"]: r for r in records}
-    changes: dict[str, FixChange] = {}
+    wanted: dict[str, list[AttributeRow]] = {}
     for row in rows:
         if row.verdict != CONTAMINANT:
             continue
@@ -39,14 +57,19 @@ def plan_fixes(rows: Sequence[AttributeRow], records: Sequence[dict[str, Any]], 
             record = by_id.get(image)
             if record is None or not record.get("caption_text"):
                 continue  # an uncaptioned image needs a caption first, not one phrase
-            change = changes.get(image)
-            if change is None:
-                cap = caption_of(record, vocab)
-                change = changes[image] = FixChange(image, record.get("caption_text") or "", "", cap)
+            wanted.setdefault(image, []).append(row)
+    out = []
+    for image, image_rows in wanted.items():
+        record = by_id[image]
+        named = vocab.mentions(record.get("caption_text") or "")
+        adding = {r.id for r in image_rows}
+        change = FixChange(image, record.get("caption_text") or "", "", caption_of(record, vocab))
+        for row in image_rows:
+            if _conflicts(row.id, named | (adding - {row.id}), vocab):
+                continue
             if add_phrase(change.caption, row.phrase, "objective"):
                 change.added.append(row.phrase)
-    out = []
-    for change in changes.values():
+                change.evidence[row.phrase] = row.evidence.get(image, "")
         change.after = compose(change.caption)
         if change.added and change.after != change.before:
             out.append(change)
@@ -54,10 +77,12 @@ def plan_fixes(rows: Sequence[AttributeRow], records: Sequence[dict[str, Any]], 
 
 
 def format_diff(changes: Sequence[FixChange]) -> str:
-    """'- old' / '+ new' caption lines per image."""
+    """'- old' / '+ new' caption lines per image, each added phrase with its evidence."""
     lines = []
     for ch in changes:
-        lines += [f"{ch.image}: adds {', '.join(ch.added)}", f"  - {ch.before}", f"  + {ch.after}"]
+        lines.append(f"{ch.image}: adds {', '.join(ch.added)}")
+        lines += [f"  why {phrase}: {ch.evidence[phrase]}" for phrase in ch.added if ch.evidence.get(phrase)]
+        lines += [f"  - {ch.before}", f"  + {ch.after}"]
     return "\n".join(lines)
 
 

@@ -17,7 +17,10 @@ Contamination: pixel detectors (background colour and plainness, high/low key, c
 cast, saturation, contrast, shallow depth of field, vignette), CLIP zero-shot with
 --model, and stored tagger tags measure what the images show; an attribute present in
 at least --min-present of the images but rarely named in the captions is a contaminant:
-the trigger would learn it as part of the style.
+the trigger would learn it as part of the style. Only confident calls count: a detector
+says present, absent or "cannot tell"; witnesses that disagree, or opposite looks (warm
+and cool) both reported, make an image "cannot tell". --fix names an attribute only where
+it is confidently present, never beside its opposite, and shows the measured value.
 
 \b
 Writes DATASET/audit.json and an audit section in DATASET/report.html (or audit.html).

@@ -22,6 +22,9 @@ CACHE_DIR = Path(".cache") / "audit"
 # A softmax over a dozen options puts many true attributes under 0.05; only a near-zero
 # zero-shot probability is treated as proof that a captioned attribute is absent.
 CLIP_ABSENT = 0.01
+# A zero-shot probability is a softmax within the attribute's group, not a calibrated one:
+# an option that beats all the others together is as confident as the probe gets.
+CLIP_PRESENT = 0.5
 
 
 def cache_path(dataset_dir: Path, model: str) -> Path:
@@ -83,4 +86,5 @@ def detect(dataset_dir: Path, paths: Sequence[Path], image_ids: Sequence[str], v
     scores = probe.score(embeddings, vocab)
     probs = {attr_id: np.asarray(p, dtype=np.float32) for attr_id, p in scores.items()}
     notes = [f"clip: encoded {encoded} image(s), {len(paths) - encoded} from the cache"]
-    return Evidence(f"clip:{model}", list(image_ids), probs, notes=notes, absent_below=CLIP_ABSENT)
+    return Evidence(f"clip:{model}", list(image_ids), probs, notes=notes, absent_below=CLIP_ABSENT,
+                    present_at=CLIP_PRESENT)

@@ -17,6 +17,9 @@ import numpy as np
 from lorastudio.audit.detectors import Evidence
 
 NOT_TAGGED = 0.2
+# WD taggers are trained as per-tag classifiers; a stored score of 0.5 or more is the tag's
+# own "yes" (NOT_TAGGED stays "cannot tell", never proof of absence).
+TAG_PRESENT = 0.5
 
 
 def _tags(record: dict[str, Any]) -> dict[str, float]:
@@ -54,4 +57,4 @@ def detect(records: Sequence[dict[str, Any]], vocab) -> Evidence | None:
             probs.setdefault(attr.id, np.full(n, np.nan, dtype=np.float32))
             current = probs[attr.id][i]
             probs[attr.id][i] = max(score, current if np.isfinite(current) else 0.0)
-    return Evidence("tagger", [r["id"] for r in records], probs)
+    return Evidence("tagger", [r["id"] for r in records], probs, present_at=TAG_PRESENT)

@@ -1,0 +1,264 @@
+"""Image statistics for the pixel detectors, measured on what each attribute is.
+
+- white balance: one signed estimate per axis (warm/cool, green/magenta) from the
+  illuminant seen on bright, unclipped pixels, refined on the cluster of pixels that share
+  its chroma (the neutrals under the cast, wherever the cast moved them); NaN when that
+  estimate and a shades-of-grey estimate of the whole frame point opposite ways;
+- backdrop texture: band-pass energy of the border at three scales (after a smooth
+  surface fit removes gradients and falloff), relative to the local level and with the
+  sensor-noise floor taken out, as a median over border tiles so a dish reaching the
+  frame edge does not count as texture;
+- depth of field: how much of the background's 1-4 px band survives against its coarse
+  variation (a lens blur removes the first and keeps the second), with the subject's own
+  fine detail as the in-focus reference; NaN when the background is plain (a flat backdrop
+  cannot show a depth of field);
+- background colour: the share of border pixels in each colour class;
+- key, saturation, contrast and vignette from the luminance and chroma histograms.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+THUMB = 128
+MIN_SIDE = 16
+BORDER = 0.12  # border band width, as a share of the shorter side
+TILE = 8
+MAX_CAST = 0.55  # |log(R/B)| of the strongest white-balance error a photo plausibly has
+TYPICAL_RANGE = 0.6  # p95 - p5 luminance of an ordinary dish photo; texture is scaled to it
+NOISE_CAP = 0.012  # rms of the finest band; JPEG photos at THUMB px stay under it
+MAX_FILE_BYTES = 200 * 1024 * 1024
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+COLOURS = ("black", "white", "grey", "red", "brown", "blue", "green")
+NAN = float("nan")
+
+
+def load_thumbnail(path: Path, side: int = THUMB) -> np.ndarray:
+    """Decode an image safely and return an RGB float32 array in [0, 1], at most `side` px a side."""
+    from PIL import Image
+
+    from lorastudio.data.images import DecodeLimits, decode_image
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES} byte limit")
+    decoded = decode_image(path.read_bytes(), DecodeLimits(), need=lambda w, h: (min(w, side * 2), min(h, side * 2)))
+    im = decoded.image
+    im.thumbnail((side, side), Image.BILINEAR)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def box_blur(a: np.ndarray, r: int) -> np.ndarray:
+    """Mean over a (2r+1)^2 window, edges padded by reflection."""
+    if r <= 0:
+        return a
+    k = 2 * r + 1
+    p = np.pad(a, r, mode="reflect")
+    c = np.cumsum(np.pad(p, ((1, 0), (0, 0))), axis=0)
+    rows = (c[k:] - c[:-k]) / k
+    c = np.cumsum(np.pad(rows, ((0, 0), (1, 0))), axis=1)
+    return (c[:, k:] - c[:, :-k]) / k
+
+
+def masks(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Border band and centre box."""
+    b = max(2, round(BORDER * min(h, w)))
+    border = np.ones((h, w), dtype=bool)
+    border[b:-b, b:-b] = False
+    centre = np.zeros((h, w), dtype=bool)
+    centre[int(h * 0.25) : int(h * 0.75), int(w * 0.25) : int(w * 0.75)] = True
+    return border, centre
+
+
+def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
+    """Signed illuminant chroma: `wb_rb` (> 0 warm, < 0 cool) and `wb_g` (> 0 green, < 0 magenta)."""
+    logc = np.log(rgb + 0.02)
+    u = logc[..., 0] - logc[..., 2]
+    v = logc[..., 1] - (logc[..., 0] + logc[..., 2]) / 2
+    valid = (rgb.min(axis=2) < 0.985) & (lum > 0.1)  # one clipped channel still shows the cast
+    out = {"wb_rb": NAN, "wb_g": NAN, "wb_share": 0.0, "wb_sog_rb": NAN, "wb_sog_g": NAN}
+    if valid.mean() < 0.05:
+        return out
+    bright = valid & (lum >= np.percentile(lum[valid], 90))
+    bright_unclipped = bright & (rgb.max(axis=2) < 0.985)
+    u0 = float(np.median(u[bright]))
+    v0 = float(np.median(v[bright_unclipped if bright_unclipped.any() else bright]))
+    # One refinement, never re-centred again: iterating would let the window drift onto
+    # the largest coloured surface (a wooden table) and read it as the illuminant.
+    near = valid & (np.abs(u - u0) < 0.12) & (np.abs(v - v0) < 0.09)
+    share = float(near.mean())
+    if share < 0.02:
+        return out
+    u0 = float(np.median(u[near]))
+    # Green/magenta only from pixels with no clipped channel: a warm cast that clips red
+    # would otherwise leave green looking high.
+    unclipped = near & (rgb.max(axis=2) < 0.985)
+    v0 = float(np.median(v[unclipped])) if unclipped.mean() >= 0.01 else NAN
+    px = rgb[valid].astype(np.float64)
+    sog = (px**6).mean(axis=0) ** (1 / 6)
+    su = math.log(sog[0] + 0.02) - math.log(sog[2] + 0.02)
+    sv = math.log(sog[1] + 0.02) - (math.log(sog[0] + 0.02) + math.log(sog[2] + 0.02)) / 2
+    out.update(wb_share=share, wb_sog_rb=su, wb_sog_g=sv)
+    # The two estimates must not point opposite ways: a bright coloured object read as
+    # the illuminant would show up as exactly that disagreement.
+    # A "cast" stronger than any grade gives is a coloured surface read as the illuminant
+    # (a light wooden table with no white plate in frame): cannot tell.
+    out["wb_rb"] = u0 if not (u0 * su < 0 and min(abs(u0), abs(su)) > 0.08) and abs(u0) <= MAX_CAST else NAN
+    out["wb_g"] = v0 if not (v0 * sv < 0 and min(abs(v0), abs(sv)) > 0.06) else NAN
+    return out
+
+
+def _fit_smooth(lum: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """A quadratic surface fitted to `region` (twice, the second time without outliers)."""
+    h, w = lum.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xx, yy = xx / w - 0.5, yy / h - 0.5
+    design = np.stack([np.ones_like(xx), xx, yy, xx * xx, yy * yy, xx * yy], axis=-1)
+    keep = region.copy()
+    for _ in range(2):
+        coef, *_ = np.linalg.lstsq(design[keep], lum[keep], rcond=None)
+        fit = design @ coef
+        res = np.abs(lum - fit)
+        mad = float(np.median(res[region])) + 1e-4
+        keep = region & (res < 4 * mad)
+        if keep.sum() < 12:
+            break
+    return fit
+
+
+def _tiles(mask: np.ndarray, min_share: float = 0.75) -> list[tuple[slice, slice]]:
+    """Tiles of TILE px lying (mostly) inside `mask`."""
+    h, w = mask.shape
+    out = []
+    for y in range(0, h - TILE + 1, TILE):
+        for x in range(0, w - TILE + 1, TILE):
+            if mask[y : y + TILE, x : x + TILE].mean() >= min_share:
+                out.append((slice(y, y + TILE), slice(x, x + TILE)))
+    return out
+
+
+def texture(lum: np.ndarray, border: np.ndarray, centre: np.ndarray) -> dict[str, float]:
+    """Backdrop texture at several scales, and the depth-of-field measures (background detail
+    against its coarse variation, the subject's sharpness)."""
+    fit = _fit_smooth(lum, border)
+    s1, s4 = box_blur(lum, 1), box_blur(lum, 4)
+    fine, mid, coarse = lum - s1, s1 - s4, s4 - fit
+    everywhere = _tiles(np.ones_like(border))
+    fine_rms = np.array([float(np.sqrt((fine[t] ** 2).mean())) for t in everywhere])
+    # The flattest tiles show the sensor noise; capped, because a surface with fine grain
+    # everywhere has no flat tile, and its grain is texture, not noise.
+    noise = min(float(np.percentile(fine_rms, 5)), NOISE_CAP) if len(fine_rms) else 0.0
+    rows = []
+    for tiles in (_tiles(border), _tiles(centre)):
+        stats = []
+        for t in tiles:
+            level = float(np.abs(fit[t]).mean())
+            f = float(np.sqrt(max((fine[t] ** 2).mean() - noise**2, 0.0)))
+            m = float(np.sqrt(max((mid[t] ** 2).mean() - (0.45 * noise) ** 2, 0.0)))
+            c = float(np.sqrt((coarse[t] ** 2).mean()))
+            stats.append((f, m, c, level))
+        rows.append(np.array(stats, dtype=np.float64).reshape(-1, 4))
+    bt, ct = rows
+    out = {"noise": noise, "bg_texture": NAN, "subject_sharp": NAN, "bg_mid_coarse": NAN}
+    if len(bt) == 0:
+        return out
+    # Relative to the level, so a darkened wooden table keeps its grain; +0.06 keeps the
+    # noise of near-black backdrops from reading as texture.
+    tex = np.sqrt(bt[:, 1] ** 2 + 0.5 * bt[:, 2] ** 2) / (bt[:, 3] + 0.06)
+    # Per unit of the frame's tonal range: a high-key or faded grade flattens a table's grain
+    # exactly as much as it flattens everything else, and it is still a table.
+    tonal = float(np.percentile(lum, 95) - np.percentile(lum, 5))
+    out["bg_texture"] = float(np.median(tex)) * TYPICAL_RANGE / max(tonal, TYPICAL_RANGE / 2)
+    # Depth of field: a lens blur removes the 1-4 px bands and keeps the coarse variation of
+    # the surface, so the background's mid / coarse energy falls; a sharp surface keeps both.
+    varied = bt[:, 2] > 0.004
+    detail = np.sqrt(bt[:, 0] ** 2 + bt[:, 1] ** 2)
+    out["bg_mid_coarse"] = float(np.median(detail[varied] / bt[varied, 2])) if varied.sum() >= 3 else NAN
+    # The in-focus reference: the subject's sharpest tiles keep fine detail next to mid.
+    if len(ct):
+        sc = ct[:, 1] > max(3.0 * noise * 0.45, 0.004)
+        if sc.sum() >= 2:
+            out["subject_sharp"] = float(np.percentile(ct[sc, 0] / ct[sc, 1], 80))
+    return out
+
+
+def colour_classes(rgb: np.ndarray) -> np.ndarray:
+    """Index into COLOURS per pixel (-1 where no class fits, e.g. yellow or purple)."""
+    lum = rgb @ LUMA
+    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
+    sat = np.where(mx > 1e-3, (mx - mn) / np.maximum(mx, 1e-3), 0.0)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    d = np.maximum(mx - mn, 1e-6)
+    hue = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60.0
+    out = np.full(lum.shape, -1, dtype=np.int8)
+    chroma = sat >= 0.3
+    out[chroma & (hue >= 75) & (hue < 170)] = COLOURS.index("green")
+    out[chroma & (hue >= 170) & (hue < 270)] = COLOURS.index("blue")
+    out[chroma & ((hue < 15) | (hue >= 330))] = COLOURS.index("red")
+    warmish = chroma & (hue >= 15) & (hue < 45)
+    out[warmish & (lum < 0.55)] = COLOURS.index("brown")
+    out[warmish & (lum >= 0.55)] = COLOURS.index("red")
+    out[~chroma & (lum > 0.7)] = COLOURS.index("white")
+    out[~chroma & (lum <= 0.7)] = COLOURS.index("grey")
+    out[lum < 0.16] = COLOURS.index("black")
+    return out
+
+
+def _corner_darkening(lum: np.ndarray) -> dict[str, float]:
+    """How much darker the four corners are than their neighbouring mid-edges (a vignette)."""
+    h, w = lum.shape
+    ph, pw = max(2, h // 10), max(2, w // 10)
+    top, bottom, left, right = slice(0, ph), slice(h - ph, h), slice(0, pw), slice(w - pw, w)
+    mid_r, mid_c = slice(h // 2 - ph // 2, h // 2 + ph // 2 + 1), slice(w // 2 - pw // 2, w // 2 + pw // 2 + 1)
+    m = {name: float(lum[r, c].mean()) for name, (r, c) in {
+        "tl": (top, left), "tr": (top, right), "bl": (bottom, left), "br": (bottom, right),
+        "t": (top, mid_c), "b": (bottom, mid_c), "l": (mid_r, left), "r": (mid_r, right)}.items()}
+    corners = np.array([m["tl"], m["tr"], m["bl"], m["br"]])
+    edges = np.array([(m["t"] + m["l"]) / 2, (m["t"] + m["r"]) / 2, (m["b"] + m["l"]) / 2, (m["b"] + m["r"]) / 2])
+    level = float(edges.mean())
+    darkening = 1.0 - corners / np.maximum(edges, 1e-3)
+    return {"vig_strength": float(darkening.min()) if level > 0.12 else NAN,
+            "vig_spread": float(darkening.max() - darkening.min())}
+
+
+def measure(rgb: np.ndarray) -> dict[str, float]:
+    """Every statistic the classifiers use, from an RGB float image in [0, 1]."""
+    h, w, _ = rgb.shape
+    if min(h, w) < MIN_SIDE:
+        raise ValueError(f"image is {w}x{h}; the pixel detectors need at least {MIN_SIDE} px a side")
+    rgb = rgb.astype(np.float32)
+    lum = rgb @ LUMA
+    mx, mn = rgb.max(axis=2), rgb.min(axis=2)
+    sat = np.where(mx > 1e-3, (mx - mn) / np.maximum(mx, 1e-3), 0.0)
+    border, centre = masks(h, w)
+    feats: dict[str, float] = {"lum_mean": float(lum.mean())}
+    feats["lum_p01"], feats["lum_p05"], feats["lum_p50"], feats["lum_p95"], feats["lum_p99"] = (
+        float(v) for v in np.percentile(lum, [1, 5, 50, 95, 99]))
+    feats["clip_high"] = float((lum >= 0.98).mean())
+    feats["clip_low"] = float((lum <= 0.015).mean())
+    # The subject's own tonal range: a dish on a plate spans dark food to a bright plate,
+    # whatever the backdrop; a faded grade compresses it, an S-curve stretches it.
+    c_lo, c_hi = np.percentile(lum[centre], [2, 98])
+    feats["centre_spread"] = float(c_hi - c_lo)
+    feats["centre_p02"] = float(c_lo)
+    feats["border_lum"] = float(np.median(lum[border]))
+    mid = (lum > 0.12) & (lum < 0.95)
+    # Shares of mid-tone pixels that are colourful / vividly coloured: a dish is a small part
+    # of the frame, so percentiles over the whole image would only see the background.
+    feats["colourful_share"] = float((sat[mid] > 0.25).mean()) if mid.any() else NAN
+    feats["vivid_share"] = float(((mx - mn)[mid] > 0.62).mean()) if mid.any() else NAN
+    # A saturation boost drives a channel of the subject's colours to zero; a cast or a
+    # vivid backdrop does not.
+    lit = centre & (lum > 0.12) & (mx < 0.99)
+    feats["sat_full"] = float((sat[lit] >= 0.93).mean()) if lit.sum() >= 16 else NAN
+    feats.update(white_balance(rgb, lum))
+    feats.update(texture(lum, border, centre))
+    classes = colour_classes(rgb[border])
+    for k, name in enumerate(COLOURS):
+        feats[f"bg_{name}"] = float((classes == k).mean())
+    feats.update(_corner_darkening(lum))
+    return feats
