@@ -23,12 +23,13 @@ $(STAMP): pyproject.toml $(LOCK)
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/lorastudio demo --out demo_out
 
-# Optional: headless Chromium for the report test (tests/evaluation skips it when absent).
+# Headless Chromium and a Korean font for the browser tests (report and studio); they skip locally when absent, and fail under CI=true.
 # Needs root and Debian's apt; any failure only prints a note.
+# fonts-nanum: the studio shows Hangul captions and glossary hints; without a Korean font they render as boxes.
 setup-browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-		|| echo "note: chromium not installed; the report browser test will be skipped"
+	@{ command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi nanum; } || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-nanum >/dev/null; } \
+		|| echo "note: chromium or fonts-nanum not installed; the browser tests will be skipped"
 
 # Debian's PostgreSQL server for the PostgreSQL half of the serving tests (they start their
 # own private cluster as the postgres user; nothing system-wide is configured or started).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -47,6 +48,8 @@ class Page:
 @pytest.fixture
 def browser(tmp_path):
     """Headless Chromium with remote debugging on a free port; yields its HTTP endpoint."""
+    if CHROMIUM is None and os.environ.get("CI"):
+        pytest.fail("chromium is missing in CI: .ci/run installs it through `make setup-browser`", pytrace=False)
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (Debian: apt-get install -y chromium; `make setup-browser`)")
     proc = subprocess.Popen(

@@ -2,7 +2,7 @@
 
 Guards run before any route, as plain ASGI middleware:
 - Host must be one of the server's own names (DNS rebinding) -> 421;
-- a request carrying an Origin that is not allow-listed (or `null`) -> 403; no CORS headers;
+- a request carrying an Origin that is neither its own (same scheme, Host and port) nor allow-listed (or `null`) -> 403; no CORS headers;
 - the body is capped per route before it is read whole: Content-Length is checked first,
   and a chunked body is counted as it streams -> 413.
 Every error, including unknown routes and unexpected exceptions, is problem+json; an
@@ -28,7 +28,7 @@ log = logging.getLogger("lorastudio.serve")
 
 # Body caps by path prefix (bytes); everything else gets the default.
 BODY_CAPS = {"/v1/loras": 1024 * 1024 * 1024, "/v1/trainings": 256 * 1024 * 1024,
-             "/v1/images/edits": 25 * 1024 * 1024}
+             "/v1/images/edits": 25 * 1024 * 1024, "/v1/datasets": 512 * 1024 * 1024}
 DEFAULT_BODY_CAP = 1024 * 1024
 
 
@@ -65,7 +65,8 @@ class GuardMiddleware:
             await _send_problem(send, 421, "bad_host", "this server does not answer for that Host")
             return
         origin = headers.get("origin")
-        if origin is not None and origin not in self.settings.allowed_origins:
+        same_origin = origin == f"{scope.get('scheme', 'http')}://{host}"  # the studio's own pages (Host checked above)
+        if origin is not None and not same_origin and origin not in self.settings.allowed_origins:
             await _send_problem(send, 403, "bad_origin", "cross-origin requests are not allowed")
             return
         cap = _cap_for(scope.get("path", ""))
@@ -130,7 +131,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings, *, store: JobStore | None = None, supervise: bool = True) -> FastAPI:
     """The API. `supervise=False` leaves workers to be started elsewhere (tests, other hosts)."""
-    from lorastudio.serving.routes import health, images, jobs, loras, trainings
+    from lorastudio.serving.routes import admin, datasets, health, images, jobs, loras, runs, trainings
+    from lorastudio.studio import pages as studio_pages
+    from lorastudio.studio.security import SecurityHeaders
     from lorastudio.serving.supervisor import Supervisor
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +157,9 @@ def create_app(settings: Settings, *, store: JobStore | None = None, supervise: 
     app.state.draining = False
     app.state.supervisor = Supervisor(settings, store) if supervise and settings.workers > 0 else None
     _install_error_handlers(app)
-    for module in (images, jobs, loras, trainings, health):
+    for module in (images, jobs, loras, trainings, health, admin, datasets, runs):
         app.include_router(module.router)
+    studio_pages.install(app)  # /studio pages; sessions let `require` accept the studio's cookie
     app.add_middleware(GuardMiddleware, settings=settings)
+    app.add_middleware(SecurityHeaders)  # outermost: CSP and friends on every answer, guards' included
     return app

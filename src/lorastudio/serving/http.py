@@ -99,6 +99,13 @@ def require(scope: str) -> Callable:
     async def check(request: Request) -> Caller:
         header = request.headers.get("authorization", "")
         kind, _, token = header.partition(" ")
+        sessions = getattr(request.app.state, "sessions", None)
+        if not header and sessions is not None:  # the studio's cookie (CSRF-checked on mutations)
+            caller = await run_in_threadpool(sessions.authenticate, request)
+            if caller is not None:
+                if scope not in caller.scopes and not caller.admin:
+                    raise ApiError(403, "forbidden", f"this key lacks the '{scope}' scope")
+                return caller
         if kind.lower() != "bearer" or not token.strip():
             raise ApiError(401, "unauthorized", "send an API key as `Authorization: Bearer KEY`",
                            {"WWW-Authenticate": "Bearer"})

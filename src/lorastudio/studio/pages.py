@@ -1,0 +1,401 @@
+"""The studio's HTML pages under /studio: views of the JSON API, rendered on the server.
+
+Jinja2 autoescapes every value (a caption holding markup shows as text). Pages carry no
+inline script or style: behaviour lives in static/studio.js, which calls the same JSON API
+with the session cookie and the page's CSRF token. A request without a session gets the
+login page with status 401; on a loopback bind with no key yet, a local session is issued.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+
+from lorastudio.serving.http import ApiError, Caller
+from lorastudio.studio import datasets as ds
+from lorastudio.studio.security import COOKIE, LOCAL_KEY, SESSION_S
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+STATIC_FILES = {"htmx.min.js": "text/javascript", "studio.js": "text/javascript", "studio.css": "text/css",
+                "htmx.LICENSE.txt": "text/plain"}
+PAGE_SIZE = 48
+router = APIRouter(include_in_schema=False)  # HTML pages; the JSON API is what OpenAPI documents
+_env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(default=True),
+                   trim_blocks=True, lstrip_blocks=True)
+
+
+@dataclass
+class Ctx:
+    """Who is looking, their CSRF token, and a cookie to set when the session is new."""
+
+    caller: Caller
+    csrf: str
+    new_cookie: str | None = None
+
+
+class LoginRequired(Exception):
+    """No valid session: answer with the login page (401)."""
+
+
+async def session(request: Request) -> Ctx:
+    """The page's session, issuing a local one on a key-less loopback server."""
+    sessions = request.app.state.sessions
+    cookie = request.cookies.get(COOKIE)
+    caller = await run_in_threadpool(sessions.caller_for, cookie)
+    if caller is not None:
+        return Ctx(caller, sessions.csrf_token(cookie))
+    if await run_in_threadpool(sessions.local_mode):
+        fresh = sessions.issue(LOCAL_KEY)
+        return Ctx(Caller(LOCAL_KEY, ("admin",)), sessions.csrf_token(fresh), fresh)
+    raise LoginRequired()
+
+
+def set_session_cookie(response: Response, value: str, secure: bool = False) -> None:
+    """The session cookie: HttpOnly, SameSite=Strict, whole site; Secure when served over HTTPS."""
+    response.set_cookie(COOKIE, value, max_age=SESSION_S, httponly=True, samesite="strict", path="/", secure=secure)
+
+
+def render(name: str, ctx: Ctx | None, status: int = 200, **values: Any) -> HTMLResponse:
+    """A template rendered with the session's CSRF token."""
+    html = _env.get_template(name).render(csrf=ctx.csrf if ctx else "", caller=ctx.caller if ctx else None, **values)
+    response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    if ctx is not None and ctx.new_cookie:
+        set_session_cookie(response, ctx.new_cookie)
+    return response
+
+
+def login_page(error: str = "", status: int = 401) -> HTMLResponse:
+    """The login form."""
+    return render("login.html", None, status=status, error=error, title="Log in")
+
+
+@router.get("/studio/static/{name}")
+async def static(name: str):
+    """The studio's own scripts and styles (package files, listed by name; no user data)."""
+    if name not in STATIC_FILES:
+        raise ApiError(404, "not_found", "no such file")
+    return FileResponse(STATIC / name, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/favicon.ico")
+async def favicon():
+    """No icon (browsers ask anyway; an empty answer keeps their consoles clean)."""
+    return Response(status_code=204)
+
+
+@router.get("/studio/login")
+async def login_form(request: Request):
+    """The login page (or straight in when the server needs no login)."""
+    try:
+        ctx = await session(request)
+    except LoginRequired:
+        return login_page(status=200)
+    response = RedirectResponse("/studio", status_code=303)
+    if ctx.new_cookie:
+        set_session_cookie(response, ctx.new_cookie)
+    return response
+
+
+@router.post("/studio/login")
+async def login(request: Request, key: str = Form(..., max_length=200)):
+    """Trade an API key for a session cookie."""
+    sessions = request.app.state.sessions
+    found = await run_in_threadpool(request.app.state.store.verify_key, key.strip())
+    if found is None:
+        return login_page("That API key is not valid.")
+    response = RedirectResponse("/studio", status_code=303)
+    set_session_cookie(response, sessions.issue(found[0]), secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/studio/logout")
+async def logout(request: Request, csrf: str = Form("")):
+    """End the session (CSRF-checked like any mutation)."""
+    ctx = await session(request)
+    if not hmac.compare_digest(csrf, ctx.csrf):
+        raise ApiError(403, "csrf", "missing or wrong CSRF token")
+    response = RedirectResponse("/studio/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+def _summary(data_dir: Path, dataset_id: str) -> dict[str, Any]:
+    folder = ds.dataset_home(data_dir, dataset_id)
+    recs = ds.records(folder)
+    audit = ds.load_audit(folder)
+    uncaptioned = sum(1 for r in recs if not r.get("caption_text"))
+    view = {"id": dataset_id, "images": len(recs), "rejected": len(ds.rejected(folder)), "uncaptioned": uncaptioned}
+    if audit is None:
+        view["health"], view["next"] = "not audited", "run the audit"
+    else:
+        contaminants = sum(1 for row in audit["contamination"] if row["verdict"] == "contaminant")
+        counts = audit["counts"]
+        view["health"] = f"audit: {counts['error']} errors, {counts['warning']} warnings, {contaminants} contaminant(s)"
+        view["next"] = ("caption the images" if uncaptioned else "fix the contamination" if contaminants
+                        else "fix the errors" if counts["error"] else "train")
+    return view
+
+
+@router.get("/studio")
+async def projects(request: Request):
+    """P1: datasets and runs with a health line and the next suggested action."""
+    ctx = await session(request)
+    data_dir = request.app.state.settings.data_dir
+    ids = await run_in_threadpool(ds.list_datasets, data_dir)
+    summaries = [await run_in_threadpool(_summary, data_dir, i) for i in ids]
+    from lorastudio.serving.routes.admin import list_jobs
+
+    runs = await run_in_threadpool(list_jobs, request.app.state.store, ctx.caller.owner_filter(), None, "train", 20)
+    return render("projects.html", ctx, title="Projects", datasets=summaries, runs=runs)
+
+
+def _matches(image: dict, terms: list[str]) -> bool:
+    """The gallery filter language: flag:X, lint:X, attr:X (present, unnamed), tokens:>N, free text."""
+    for term in terms:
+        kind, _, value = term.partition(":")
+        value = value.lower()
+        if kind == "flag" and value:
+            ok = any(f.lower().startswith(value) for f in image["flags"])
+        elif kind == "lint" and value:
+            ok = value in image["lint"]
+        elif kind == "attr" and value:
+            ok = any(p.lower().replace(" ", "_") == value.replace(" ", "_") for p in image["unnamed"])
+        elif kind == "tokens" and re.match(r"^[<>]\d+$", value):
+            most = max(image["tokens"].values(), default=0)
+            ok = most > int(value[1:]) if value[0] == ">" else most < int(value[1:])
+        else:
+            ok = term.lower() in image["caption_text"].lower()
+        if not ok:
+            return False
+    return True
+
+
+async def _gallery_images(request: Request, dataset_id: str, q: str) -> tuple[Path, list[dict], dict | None]:
+    from lorastudio.serving.routes.datasets import home, image_view
+
+    folder = home(request, dataset_id)
+    audit = await run_in_threadpool(ds.load_audit, folder)
+    # Views are cached per manifest state and audit: scrolling a 2,000-image gallery must not
+    # re-read the manifest and re-tokenize every caption for each page.
+    stat = (folder / "dataset" / "manifest.jsonl").stat()
+    key = (str(folder), stat.st_mtime_ns, stat.st_size, (audit or {}).get("audit_id"))
+    cache = request.app.state.studio_views
+    views = cache.get(key)
+    if views is None:
+        recs = await run_in_threadpool(ds.records, folder)
+        trigger = ds.trigger_of(folder)
+        views = await run_in_threadpool(lambda: [image_view(request, r, trigger, audit) for r in recs])
+        cache.clear()  # one dataset's views at a time keeps memory bounded
+        cache[key] = views
+    terms = q.split()
+    return folder, [v for v in views if _matches(v, terms)], audit
+
+
+@router.get("/studio/datasets/{dataset_id}")
+async def gallery(dataset_id: str, request: Request, q: str = ""):
+    """P2: the gallery (first page; later pages load as you scroll)."""
+    ctx = await session(request)
+    folder, images, audit = await _gallery_images(request, dataset_id, q[:500])
+    return render("gallery.html", ctx, title=f"Dataset {dataset_id}", dataset=dataset_id, q=q, images=images[:PAGE_SIZE],
+                  total=len(images), next_page=1 if len(images) > PAGE_SIZE else None, audit=audit,
+                  rejected=await run_in_threadpool(ds.rejected, folder), trigger=ds.trigger_of(folder))
+
+
+@router.get("/studio/datasets/{dataset_id}/grid")
+async def gallery_page(dataset_id: str, request: Request, page: int = 1, q: str = ""):
+    """One more page of thumbnails (an htmx partial)."""
+    ctx = await session(request)
+    _folder, images, _audit = await _gallery_images(request, dataset_id, q[:500])
+    start = max(0, page) * PAGE_SIZE
+    more = page + 1 if len(images) > start + PAGE_SIZE else None
+    return render("grid.html", ctx, dataset=dataset_id, q=q, images=images[start:start + PAGE_SIZE], next_page=more)
+
+
+@router.get("/studio/datasets/{dataset_id}/images/{image_id}")
+async def editor(dataset_id: str, image_id: str, request: Request):
+    """P3: the caption editor."""
+    from lorastudio.serving.routes.datasets import get_image, home
+
+    ctx = await session(request)
+    folder = home(request, dataset_id)
+    ids = [r["id"] for r in await run_in_threadpool(ds.records, folder)]
+    view = await get_image(dataset_id, image_id, request, ctx.caller)
+    at = ids.index(image_id)
+    audit = await run_in_threadpool(ds.load_audit, folder)
+    evidence = [{"phrase": row["phrase"], "present": image_id in row.get("present_unnamed", []),
+                 "verdict": row["verdict"]} for row in (audit or {}).get("contamination", [])
+                if image_id in row.get("present_unnamed", [])]
+    return render("editor.html", ctx, title=f"Caption {image_id}", dataset=dataset_id, image=view,
+                  prev=ids[at - 1] if at > 0 else None, next=ids[at + 1] if at + 1 < len(ids) else None,
+                  evidence=evidence, slots=SLOT_LABELS)
+
+
+SLOT_LABELS = [("trigger", "1. Trigger"), ("subject", "2. Subject"), ("shot", "3. Shot / composition"),
+               ("objective", "4. Objective description"), ("unplaced", "4b. Not yet placed"),
+               ("style", "5. Style / subjective")]
+
+
+@router.get("/studio/datasets/{dataset_id}/audit")
+async def contamination(dataset_id: str, request: Request, audit_id: str | None = None):
+    """P4: present vs named per attribute, the fix diff, audit history."""
+    from lorastudio.serving.routes.datasets import home
+
+    ctx = await session(request)
+    folder = home(request, dataset_id)
+    try:
+        audit = await run_in_threadpool(ds.load_audit, folder, audit_id)
+    except ds.StudioError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    return render("audit.html", ctx, title=f"Contamination {dataset_id}", dataset=dataset_id, audit=audit,
+                  history=await run_in_threadpool(ds.audits, folder))
+
+
+@router.get("/studio/jobs")
+async def jobs_page(request: Request, kind: str = "", status: str = ""):
+    """P9: the durable queue."""
+    from lorastudio.serving.routes.admin import list_jobs
+    from lorastudio.serving.routes.jobs import job_view
+    from lorastudio.serving.store import STATES
+
+    ctx = await session(request)
+    store = request.app.state.store
+    found = await run_in_threadpool(list_jobs, store, ctx.caller.owner_filter(), status if status in STATES else None,
+                                    kind or None, 200)
+    views = [await run_in_threadpool(job_view, store, j) for j in found]
+    template = "jobs_rows.html" if request.headers.get("hx-request") else "jobs.html"
+    return render(template, ctx, title="Jobs", jobs=views, kind=kind, state_filter=status)
+
+
+@router.get("/studio/jobs/{job_id}")
+async def job_page(job_id: str, request: Request):
+    """One job: its trace, events and (for training) the log tail."""
+    from lorastudio.serving.routes.jobs import job_view
+
+    ctx = await session(request)
+    store = request.app.state.store
+    job = await run_in_threadpool(store.get, job_id, ctx.caller.owner_filter())
+    if job is None:
+        raise ApiError(404, "not_found", "no such job")
+    events = await run_in_threadpool(store.events_after, job_id, 0)
+    log_tail = ""
+    run_id = (job.params or {}).get("run_id", "")
+    if job.kind == "train" and re.match(r"^[0-9a-f]{32}$", run_id):
+        log = request.app.state.settings.data_dir / "datasets" / run_id / "train.log"
+        if log.is_file() and not log.is_symlink():
+            log_tail = log.read_bytes()[-8000:].decode("utf-8", "replace")
+    return render("job.html", ctx, title=f"Job {job_id[:8]}", job=await run_in_threadpool(job_view, store, job),
+                  trace=job.trace or [], events=events, log_tail=log_tail, params=job.params)
+
+
+@router.get("/studio/settings")
+async def settings_page(request: Request):
+    """P10: API keys, storage, bind address, versions."""
+    from lorastudio.serving.routes.admin import versions
+
+    ctx = await session(request)
+    settings = request.app.state.settings
+    keys = await run_in_threadpool(request.app.state.store.list_keys) if ctx.caller.admin else []
+    return render("settings.html", ctx, title="Settings", keys=keys, versions=(await versions(request, ctx.caller))["data"],
+                  host=settings.host, port=settings.port, local=ctx.caller.key_id == LOCAL_KEY,
+                  admin=ctx.caller.admin)
+
+
+@router.get("/studio/enhance")
+async def enhance_page(request: Request):
+    """P8: the enhance playground (each run is an `enhance` job through /v1/images/edits)."""
+    from lorastudio.serving.routes.admin import list_jobs
+    from lorastudio.serving.routes.jobs import job_view
+
+    ctx = await session(request)
+    store = request.app.state.store
+    loras = await run_in_threadpool(store.list_loras)
+    found = await run_in_threadpool(list_jobs, store, ctx.caller.owner_filter(), None, "enhance", 30)
+    history = [await run_in_threadpool(job_view, store, j) for j in found]
+    return render("enhance.html", ctx, title="Enhance", loras=loras, history=history,
+                  default_prompt="a photo of food, appetizing, studio lighting")
+
+
+@router.get("/studio/compare")
+async def compare_page(request: Request):
+    """P7: a fixed-seed grid of prompt x LoRA x scale with a leak row and an A/B slider."""
+    ctx = await session(request)
+    loras = await run_in_threadpool(request.app.state.store.list_loras)
+    data_dir = request.app.state.settings.data_dir
+    ids = await run_in_threadpool(ds.list_datasets, data_dir)
+    trigger = next((t for t in (ds.trigger_of(ds.dataset_home(data_dir, i)) for i in ids) if t), "ohwx_style")
+    return render("compare.html", ctx, title="Compare", loras=loras, trigger=trigger)
+
+
+# Each form field is the typed training config key it becomes on the worker (runners.run_training).
+CONFIG_KEYS = {"steps": ("train", "max_steps"), "rank": ("network", "rank"), "learning_rate": ("train", "lr"),
+               "checkpoint_every": ("save", "every_n_steps")}
+
+
+def config_descriptions() -> dict[str, str]:
+    """The same descriptions `init-config` prints, taken from the typed training config."""
+    from lorastudio.config.train import TrainConfig
+
+    sections = TrainConfig.model_fields
+    out = {}
+    for name, (section, key) in CONFIG_KEYS.items():
+        model = sections[section].annotation
+        out[name] = model.model_fields[key].description or ""
+    return out
+
+
+PRESETS = {
+    "toy": {"label": "Toy model, quick check (CPU)", "steps": 20, "rank": 4, "learning_rate": 0.001, "resolution": 64,
+            "checkpoint_every": 10},
+    "sd15_style": {"label": "SD 1.5 style LoRA, 512 px", "steps": 1500, "rank": 16, "learning_rate": 0.0001,
+                   "resolution": 512, "checkpoint_every": 250},
+    "food_style": {"label": "Food-style recipe (SD 1.5, rank 32)", "steps": 2000, "rank": 32, "learning_rate": 0.0001,
+                   "resolution": 512, "checkpoint_every": 250},
+}
+
+
+@router.get("/studio/runs/new")
+async def training_form(request: Request, dataset: str = ""):
+    """P5: presets, fields generated from the request schema, the audit gate, a steps/epochs calculator."""
+    from lorastudio.serving.routes.datasets import home
+    from lorastudio.serving.routes.runs import StudioTraining, audit_gate
+
+    ctx = await session(request)
+    data_dir = request.app.state.settings.data_dir
+    ids = await run_in_threadpool(ds.list_datasets, data_dir)
+    chosen = dataset if dataset in ids else (ids[0] if ids else "")
+    gate, images = None, 0
+    if chosen:
+        folder = home(request, chosen)
+        gate = await run_in_threadpool(audit_gate, folder)
+        images = len(await run_in_threadpool(ds.records, folder))
+    schema = StudioTraining.model_json_schema()["properties"]
+    described = config_descriptions()
+    fields = [{"name": name, "type": spec.get("type", "string"), "default": spec.get("default", ""),
+               "min": spec.get("minimum", spec.get("exclusiveMinimum")), "max": spec.get("maximum"),
+               "description": described.get(name) or spec.get("description", ""), "pattern": spec.get("pattern")}
+              for name, spec in schema.items() if name not in ("override_reason", "priority")]
+    return render("train.html", ctx, title="New training run", datasets=ids, dataset=chosen, gate=gate,
+                  images=images, fields=fields, presets=PRESETS)
+
+
+def install(app: Any) -> None:
+    """Mount the studio on the API app: sessions, pages, and the login page for 401s."""
+    from lorastudio.studio.security import Sessions, load_secret
+
+    settings = app.state.settings
+    app.state.sessions = Sessions(load_secret(settings.data_dir), app.state.store, settings.host)
+    app.state.studio_views = {}
+    app.include_router(router)
+
+    @app.exception_handler(LoginRequired)
+    async def _login(_request: Request, _exc: LoginRequired):  # noqa: ANN202
+        return login_page()

@@ -1,0 +1,314 @@
+"""Studio pages and their JSON API end to end: upload, gallery, editor, bulk edits, undo, contamination, jobs, keys."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lorastudio.data.manifest import read_manifest
+
+TRIGGER = "ohwx_kfood_style"
+
+
+@pytest.fixture
+def svc(studio_factory, photos):
+    with studio_factory(workers=0) as studio:
+        studio.refresh_csrf()
+        studio.uploaded = studio.upload(photos)
+        yield studio
+
+
+def _sidecars(svc) -> dict[str, str]:
+    folder = svc.data / "studio" / "datasets" / "kfood" / "dataset" / "images"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.txt"))}
+
+
+def _images(svc) -> list[dict]:
+    return svc.client.get("/v1/datasets/kfood").json()["images"]
+
+
+def test_upload_prepares_and_lists_rejections_with_reasons(svc, tmp_path):
+    assert svc.uploaded["accepted"] == len(_images(svc)) >= 10
+    bad = [("files", ("notes.jpg", b"not an image")), ("files", ("tiny.png", _png(8, 8)))]
+    out = svc.client.post("/v1/datasets", data={"id": "bad", "trigger": TRIGGER}, files=bad, headers=svc.h()).json()
+    reasons = {r["source"]: r["reason"] for r in out["rejected"]}
+    assert out["accepted"] == 0 and set(reasons) == {"notes.jpg", "tiny.png"} and all(reasons.values())
+    page = svc.client.get("/studio/datasets/bad").text
+    assert "2 rejected file(s)" in page and "notes.jpg" in page
+    assert svc.client.post("/v1/datasets", data={"id": "../x", "trigger": TRIGGER}, files=bad,
+                           headers=svc.h()).status_code == 422
+
+
+def _png(w: int, h: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 20, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_thumbnails_are_small_cached_per_content_hash_and_revalidate(svc):
+    image = _images(svc)[0]["id"]
+    url = f"/v1/datasets/kfood/images/{image}/thumbnail"
+    first = svc.client.get(url)
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
+    assert "immutable" in first.headers["cache-control"] and len(first.content) <= 40 * 1024
+    assert max(Image.open(io.BytesIO(first.content)).size) <= 256
+    cached = list((svc.data / "studio" / "thumbs").rglob("*.jpg"))
+    assert len(cached) == 1 and cached[0].read_bytes() == first.content
+    again = svc.client.get(url, headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_gallery_pages_lazily_and_filters(svc, monkeypatch):
+    from lorastudio.studio import pages
+
+    monkeypatch.setattr(pages, "PAGE_SIZE", 5)
+    total = len(_images(svc))
+    first = svc.client.get("/studio/datasets/kfood").text
+    assert first.count('class="cell"') == 5 and 'hx-trigger="revealed"' in first and 'loading="lazy"' in first
+    seen = 5
+    page = 1
+    while True:
+        part = svc.client.get(f"/studio/datasets/kfood/grid?page={page}").text
+        seen += part.count('class="cell"')
+        if "hx-get" not in part:
+            break
+        page += 1
+    assert seen == total
+    blurry = [i["id"] for i in _images(svc) if any(f == "blurry" for f in i["flags"])]
+    filtered = svc.client.get("/studio/datasets/kfood?q=flag:blurry").text
+    assert filtered.count('class="cell"') == min(5, len(blurry))
+    assert svc.client.get("/studio/datasets/kfood?q=lint:no_trigger").text.count('class="cell"') == min(5, total)
+
+
+def test_bulk_slot_edit_previews_applies_to_exactly_the_selection_and_undoes_byte_for_byte(svc):
+    before = _sidecars(svc)
+    chosen = [i["id"] for i in _images(svc)[:5]]
+    body = {"ids": chosen, "slot": "objective", "phrase": "on a black background", "dry_run": True}
+    plan = svc.client.post("/v1/datasets/kfood/edits", json=body, headers=svc.h()).json()
+    assert len(plan["changes"]) == 5 and all("on a black background" in c["after"] for c in plan["changes"])
+    assert _sidecars(svc) == before
+    done = svc.client.post("/v1/datasets/kfood/edits", json={**body, "dry_run": False}, headers=svc.h()).json()
+    after = _sidecars(svc)
+    assert {name for name in before if before[name] != after[name]} == {f"{i}.txt" for i in chosen}
+    assert done["op"]
+    undone = svc.client.post("/v1/datasets/kfood/undo", headers=svc.h()).json()
+    assert sorted(undone["reverted"]) == sorted(chosen) and _sidecars(svc) == before
+
+
+def test_editor_saves_versions_conflicts_and_undoes_on_disk(svc):
+    image = _images(svc)[0]
+    sidecar = svc.data / "studio" / "datasets" / "kfood" / "dataset" / "images" / f"{image['id']}.txt"
+    editor = svc.client.get(f"/studio/datasets/kfood/images/{image['id']}").text
+    assert 'for="slot-style"' in editor and 'id="slot-style"' in editor and 'data-next=' in editor
+    original = sidecar.read_text(encoding="utf-8")
+    view = svc.client.get(f"/v1/datasets/kfood/images/{image['id']}").json()
+    slots = {**view["slots"], "trigger": TRIGGER, "style": "glossy, studio lighting"}
+    saved = svc.client.put(f"/v1/datasets/kfood/images/{image['id']}/caption", json={"slots": slots, "version": view["version"]},
+                           headers=svc.h())
+    assert saved.status_code == 200 and saved.json()["version"] != view["version"]
+    assert sidecar.read_text(encoding="utf-8").strip().endswith("glossy, studio lighting")
+    assert "glossy, studio lighting" in svc.client.get(f"/studio/datasets/kfood/images/{image['id']}").text
+    other_tab = svc.client.put(f"/v1/datasets/kfood/images/{image['id']}/caption", headers=svc.h(),
+                               json={"slots": {**slots, "style": "matte"}, "version": view["version"]})
+    assert other_tab.status_code == 409 and other_tab.json()["current"]["version"] == saved.json()["version"]
+    assert "matte" not in sidecar.read_text(encoding="utf-8")
+    undo = svc.client.post(f"/v1/datasets/kfood/images/{image['id']}/undo", headers=svc.h())
+    assert undo.status_code == 200 and sidecar.read_text(encoding="utf-8") == original
+    redo = svc.client.post(f"/v1/datasets/kfood/images/{image['id']}/redo", headers=svc.h())
+    assert redo.json()["version"] == saved.json()["version"] and "glossy" in sidecar.read_text(encoding="utf-8")
+    assert svc.client.post(f"/v1/datasets/kfood/images/{image['id']}/redo", headers=svc.h()).status_code == 409
+
+
+def test_lint_counts_tokens_with_the_model_tokenizer_and_suggests_the_glossary(svc):
+    from lorastudio.captions.tokens import count_tokens, load_tokenizers
+    from lorastudio.studio.lint import tokenizers_for
+    from lorastudio.serving.routes.datasets import model_dir
+
+    class _Req:
+        app = svc.app
+
+    tok = load_tokenizers(model_dir(_Req))[0][1]
+    assert tokenizers_for(model_dir(_Req))
+    long_style = ", ".join(["glossy"] * 80)
+    for style in ("glossy", "studio lighting, glossy, warm", long_style):
+        slots = {"trigger": TRIGGER, "subject": "a photo of bibimbap", "style": style}
+        out = svc.client.post("/v1/datasets/kfood/lint", json={"slots": slots}, headers=svc.h()).json()
+        text = f"{TRIGGER}, a photo of bibimbap, {style}"
+        assert out["tokens"]["tokenizer"] == count_tokens(tok, text)
+        assert ("over_budget" in [p["code"] for p in out["lint"]]) == (count_tokens(tok, text) > 75)
+    hangul = svc.client.post("/v1/datasets/kfood/lint", headers=svc.h(),
+                             json={"slots": {"trigger": TRIGGER, "subject": "a photo of 양념치킨"}}).json()
+    assert "hangul" in [p["code"] for p in hangul["lint"]]
+    assert hangul["glossary"][0]["slot"] == "subject" and "yangnyeom chicken" in hangul["glossary"][0]["suggestion"]
+
+
+def test_contamination_table_filter_fix_and_undo(svc):
+    audit = svc.client.post("/v1/datasets/kfood/audits", headers=svc.h()).json()
+    black = next(r for r in audit["contamination"] if r["phrase"] == "black background")
+    assert black["present_rate"] >= 0.9 and black["mention_rate"] == 0 and black["verdict"] == "contaminant"
+    page = svc.client.get("/studio/datasets/kfood/audit").text
+    assert 'href="/studio/datasets/kfood?q=attr:black_background"' in page and "contaminant" in page
+    gallery = svc.client.get("/studio/datasets/kfood?q=attr:black_background").text
+    shown = set(re.findall(r'class="cell" data-id="([0-9a-f]+)"', gallery))
+    assert shown == set(black["present_unnamed"][:48])
+    before = _sidecars(svc)
+    plan = svc.client.post("/v1/datasets/kfood/fix", headers=svc.h()).json()
+    assert len(plan["changes"]) == len(black["present_unnamed"]) and _sidecars(svc) == before
+    applied = svc.client.post("/v1/datasets/kfood/fix?apply=true", headers=svc.h()).json()
+    again = next(r for r in applied["audit"]["contamination"] if r["phrase"] == "black background")
+    assert again["mention_rate"] == 1.0 and again["verdict"] != "contaminant"
+    svc.client.post("/v1/datasets/kfood/undo", headers=svc.h())
+    assert _sidecars(svc) == before
+    history = re.findall(r'audit\?audit_id=(\d+)', svc.client.get("/studio/datasets/kfood/audit").text)
+    assert len(history) == 2 and all(svc.client.get(f"/studio/datasets/kfood/audit?audit_id={h}").status_code == 200
+                                     for h in history)
+    projects = svc.client.get("/studio").text
+    assert "audit: " in projects and "contaminant(s)" in projects
+
+
+def test_settings_create_and_revoke_keys_then_login_is_required(svc):
+    page = svc.client.get("/studio/settings").text
+    assert "opens without a login" in page and "fastapi" in page
+    created = svc.client.post("/v1/keys", json={"name": "lead", "scopes": ["admin"]}, headers=svc.h())
+    assert created.status_code == 201 and created.json()["token"].startswith("lsk_")
+    assert svc.client.get("/studio/settings").status_code == 401
+    svc.login(created.json()["token"])
+    second = svc.client.post("/v1/keys", json={"name": "intern", "scopes": ["generate"]}, headers=svc.h()).json()
+    page = svc.client.get("/studio/settings").text
+    assert second["id"] in page and second["token"] not in page and "lead" in page
+    assert svc.client.delete(f"/v1/keys/{second['id']}", headers=svc.h()).json()["revoked"] is True
+    assert svc.client.delete(f"/v1/keys/{second['id']}", headers=svc.h()).status_code == 404
+
+
+def test_jobs_page_lists_states_cancels_and_retries(studio_factory):
+    with studio_factory(workers=1, fake_step_s=0.05) as svc:
+        token = svc.key("generate", "train", "admin")
+        svc.login(token)
+        auth = {"Authorization": f"Bearer {token}", "Prefer": "respond-async"}
+        while svc.client.get("/readyz", headers=auth).status_code != 200:
+            pass
+        ids = [svc.client.post("/v1/images/generations", headers=auth,
+                               json={"prompt": f"bibimbap {i}", "size": "64x64", "steps": 40, "seed": i}).json()["id"]
+               for i in range(3)]
+        canceled = svc.client.delete(f"/v1/jobs/{ids[1]}", headers=svc.h())
+        assert canceled.status_code == 200
+        states = {i: svc.wait_status(i)["status"] for i in ids}
+        assert states == {ids[0]: "succeeded", ids[1]: "canceled", ids[2]: "succeeded"}
+        listed = [j["id"] for j in svc.client.get("/v1/jobs").json()["data"]]
+        assert listed == ids[::-1]
+        page = svc.client.get("/studio/jobs").text
+        assert all(i[:8] in page for i in ids) and "canceled" in page
+        rows = svc.client.get("/studio/jobs", headers={"HX-Request": "true"}).text
+        assert "<html" not in rows and rows.count("<tr") == 3
+        retried = svc.client.post(f"/v1/jobs/{ids[1]}/retry", headers=svc.h()).json()
+        assert svc.wait_status(retried["id"])["status"] == "succeeded"
+        detail = svc.client.get(f"/studio/jobs/{ids[0]}").text
+        assert "fake_run" in detail and "completed" in detail
+        events = svc.client.get(f"/v1/jobs/{ids[0]}/events-log").json()["data"]
+        kinds = [e["type"] for e in events]
+        assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "completed"
+
+
+def test_training_form_gate_and_submit(studio_factory, photos):
+    with studio_factory(workers=1, fake_step_s=0.01) as svc:
+        svc.refresh_csrf()
+        svc.upload(photos)
+        while svc.client.get("/v1/datasets/kfood/gate").status_code != 200:
+            pass
+        form = svc.client.get("/studio/runs/new?dataset=kfood").text
+        assert "Optimizer steps to train." in form and "LoRA rank of the UNet adapter" in form  # init-config's words
+        assert 'id="t-submit" disabled' in form and "has not been audited" in form
+        body = {"lora_id": "kfood-v1", "steps": 20, "rank": 4, "resolution": 64}
+        blocked = svc.client.post("/v1/datasets/kfood/trainings", json=body, headers=svc.h())
+        assert blocked.status_code == 409 and blocked.json()["code"] == "audit_gate"
+        svc.client.post("/v1/datasets/kfood/audits", headers=svc.h())
+        gate = svc.client.get("/v1/datasets/kfood/gate").json()
+        assert gate["ok"] is (gate["errors"] == 0)
+        typo = svc.client.post("/v1/datasets/kfood/trainings", json={**body, "stepz": 3}, headers=svc.h())
+        assert typo.status_code == 422
+        for _ in range(100):  # wait for the fake worker so admission passes
+            job = svc.client.post("/v1/datasets/kfood/trainings", headers=svc.h(),
+                                  json={**body, "override_reason": "reviewed by the lead, errors are known"})
+            if job.status_code != 503:
+                break
+            import time
+
+            time.sleep(0.1)
+        assert job.status_code == 202, job.text
+        view = svc.wait_status(job.json()["id"])
+        assert view["status"] == "succeeded" and view["kind"] == "train"
+        from lorastudio.serving.routes.admin import list_jobs
+
+        params = list_jobs(svc.store, None, None, "train", 1)[0].params
+        assert params["trigger"] == "ohwx_kfood_style" and params["override_reason"].startswith("reviewed")
+        raw = svc.data / "datasets" / params["run_id"] / "raw"
+        assert len(list(raw.glob("*.jpg"))) == params["images"] == len(_images(svc)) and list(raw.glob("*.txt"))
+        assert job.json()["id"][:8] in svc.client.get("/studio").text
+
+
+def test_enhance_page_runs_jobs_and_rejects_bad_uploads(studio_factory, photos):
+    with studio_factory(workers=1, fake_step_s=0.01) as svc:
+        svc.refresh_csrf()
+        page = svc.client.get("/studio/enhance").text
+        assert 'id="slider"' in page and 'id="e-image"' in page
+        photo = sorted(photos.glob("*.jpg"))[0].read_bytes()
+        for _ in range(100):
+            out = svc.client.post("/v1/images/edits", files={"image": ("phone.jpg", photo)},
+                                  data={"prompt": "a photo of food", "fields": '{"seed": 5, "steps": 3}'},
+                                  headers={**svc.h(), "Prefer": "respond-async"})
+            if out.status_code != 503:
+                break
+            import time
+
+            time.sleep(0.1)
+        assert out.status_code == 202, out.text
+        done = svc.wait_status(out.json()["id"])
+        assert done["status"] == "succeeded" and done["images"]
+        assert done["images"][0] in svc.client.get("/studio/enhance").text
+        assert svc.client.get(f"/v1/images/{done['images'][0]}").status_code == 200
+        bad = svc.client.post("/v1/images/edits", files={"image": ("x.jpg", b"not an image")},
+                              data={"prompt": "x"}, headers={**svc.h(), "Prefer": "respond-async"})
+        assert 400 <= bad.status_code < 500 and bad.json()["detail"]
+        missing_csrf = svc.client.post("/v1/images/edits", files={"image": ("phone.jpg", photo)}, data={"prompt": "x"})
+        assert missing_csrf.status_code == 403
+
+
+def test_yaml_tab_round_trips_through_the_typed_config(svc):
+    import yaml
+
+    from lorastudio.config.train import FAMILY_DEFAULTS, TrainConfig
+
+    default = svc.client.get("/v1/configs/default?family=sd15").json()["yaml"]
+    assert "# Optimizer steps to train." in default
+    parsed = yaml.safe_load(default)
+    assert TrainConfig.model_validate(parsed) == TrainConfig.model_validate(FAMILY_DEFAULTS["sd15"])
+    checked = svc.client.post("/v1/configs/check", json={"yaml": default}, headers=svc.h())
+    assert checked.status_code == 200 and yaml.safe_load(checked.json()["yaml"]) == parsed
+    parsed["train"]["max_stepz"] = parsed["train"].pop("max_steps")
+    typo = svc.client.post("/v1/configs/check", json={"yaml": yaml.safe_dump(parsed)}, headers=svc.h())
+    assert typo.status_code == 422 and "did you mean 'train.max_steps'" in typo.json()["detail"]
+    for bad in ("[1, 2]", "a: [", ""):
+        assert svc.client.post("/v1/configs/check", json={"yaml": bad}, headers=svc.h()).status_code == 422
+
+
+def test_prepend_moves_a_queued_job_to_the_head(studio_factory):
+    with studio_factory(workers=0) as svc:
+        token = svc.key("generate", "admin")
+        svc.login(token)
+        jobs = [svc.store.submit("generate", "k", {"prompt": f"p{i}"}, priority=p)[0] for i, p in enumerate((5, 0, 0))]
+        assert [svc.store.position(svc.store.get(j.id)) for j in jobs] == [0, 1, 2]
+        moved = svc.client.post(f"/v1/jobs/{jobs[2].id}/prepend", headers=svc.h())
+        assert moved.status_code == 200 and moved.json()["position"] == 0
+        assert [svc.store.position(svc.store.get(j.id)) for j in jobs] == [1, 2, 0]
+        assert "Run next" in svc.client.get("/studio/jobs").text
+        svc.store.cancel(jobs[0].id)
+        assert svc.client.post(f"/v1/jobs/{jobs[0].id}/prepend", headers=svc.h()).status_code == 409
+        assert svc.client.post(f"/v1/jobs/{'0' * 32}/prepend", headers=svc.h()).status_code == 404
+        generate_only = svc.key("generate")
+        assert svc.client.post(f"/v1/jobs/{jobs[1].id}/prepend",
+                               headers={"Authorization": f"Bearer {generate_only}"}).status_code == 403
