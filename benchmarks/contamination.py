@@ -15,7 +15,13 @@ readers score every image:
   follow = background and dish as asked (trigger prompts);
   bleed  = gloss, black background or sesame in prompts WITHOUT the trigger.
 
-    python benchmarks/contamination.py [--seeds 17] [--steps 600] [--out /tmp/contam]
+Arms (d)-(f) learn the trigger instead of leaning on a rare token with a frozen text
+encoder, each once with trigger + subject captions (_a) and once with golden captions (_b):
+  (d) textual inversion only (2 vectors, initialised from the class noun "food");
+  (e) pivotal: TI for the first half of the steps, then a UNet LoRA with the vectors frozen;
+  (f) DreamBooth-lite: the full toy UNet, with the regularization images of (c).
+
+    python benchmarks/contamination.py [--seeds 17] [--steps 600] [--arms a,b,c,d,e,f] [--out /tmp/contam]
 
 With --seeds 17 each rate is over 4 backgrounds x 3 dishes x 17 seeds = 204 images: the
 95% interval of a rate is at most +-7 points, of a difference of two rates about +-10.
@@ -70,8 +76,20 @@ def write_dataset(root: Path, specs: list[SceneSpec], captions: list[str], seed:
     return root
 
 
-def train(name: str, base: Path, dataset: Path, reg: Path | None, out: Path, steps: int) -> Path:
-    """Train one LoRA through the real `lorastudio train` command; returns its diffusers dir."""
+# What each learned-trigger arm changes in the LoRA config of (a)-(c).
+METHOD_ARMS = {
+    "d": {"train": {"method": "ti"}, "ti": {"trigger": TRIGGER, "num_vectors": 2, "init": "food", "lr": 5e-3},
+          "network": {"train_text_encoder": False}},
+    "e": {"train": {"method": "pivotal"}, "ti": {"trigger": TRIGGER, "num_vectors": 2, "init": "food", "lr": 5e-3, "pivot_fraction": 0.5},
+          "network": {"train_text_encoder": False}},
+    "f": {"train": {"method": "dreambooth", "lr": 5e-5}, "network": {"train_text_encoder": False},
+          "dreambooth": {"single_file": False, "export_dtype": "float32"}},
+}
+
+
+def train(name: str, base: Path, dataset: Path, reg: Path | None, out: Path, steps: int, method: dict | None = None) -> Path:
+    """Train one model through the real `lorastudio train` command; returns what `score` loads:
+    the LoRA's diffusers dir, a TI / pivotal run's final dir, or a DreamBooth model folder."""
     data = {"datasets": [str(dataset)]}
     if reg is not None:
         data.update(regularization=str(reg), prior_loss_weight=1.0)
@@ -82,12 +100,34 @@ def train(name: str, base: Path, dataset: Path, reg: Path | None, out: Path, ste
            "train": {"max_steps": steps, "batch_size": 4, "lr": 2e-3, "seed": 0, "cache": "memory"},
            "sample": {"at_start": False, "prompts": []}, "save": {"every_n_steps": None, "keep_last": 1},
            "output_dir": str(out / f"run_{name}"), "logging": {"every_n_steps": 50, "tensorboard": False}}
+    for section, values in (method or {}).items():
+        cfg[section] = {**cfg.get(section, {}), **values}
     path = out / f"train_{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     code = run_cli(["train", str(path), "--no-progress", "--skip-audit"])
     if code != 0:
         sys.exit(f"training {name} failed with exit code {code}")
-    return out / f"run_{name}" / "final" / "diffusers"
+    final = out / f"run_{name}" / "final"
+    kind = (method or {}).get("train", {}).get("method", "lora")
+    return {"lora": final / "diffusers", "dreambooth": final / "model"}.get(kind, final)
+
+
+def load_model(base: Path, name: str, trained: Path | None):
+    """The pipeline to score: base, base + LoRA, base + embedding (+ LoRA), or the fine-tuned model."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from lorastudio.evaluation.loading import apply_loras, lora_specs
+
+    dreambooth = trained is not None and (trained / "model_index.json").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(str(trained if dreambooth else base), dtype=torch.float32, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    if trained is not None and not dreambooth:
+        if name[0] in "de":
+            apply_loras(pipe, lora_specs([str(trained)]))  # our loader: the embedding, and the LoRA if any
+        else:
+            pipe.load_lora_weights(str(trained))
+    return pipe
 
 
 def prompts(seeds: int, trigger: bool) -> list[tuple[str, int, str, str]]:
@@ -133,7 +173,6 @@ def score(pipe, seeds: int, steps: int) -> dict[str, float]:
 def main() -> None:
     """Build the three datasets, train three LoRAs, score base + LoRAs, print the table."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/lorastudio-contamination"))
@@ -141,6 +180,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=17)
     ap.add_argument("--steps", type=int, default=600, help="LoRA training steps (same for a, b, c).")
     ap.add_argument("--sample-steps", type=int, default=15)
+    ap.add_argument("--arms", default="a,b,c,d,e,f", help="Comma list of arms; d, e, f each train _a (trigger+subject) and _b (golden).")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = args.base or shipped_base_dir()
@@ -154,26 +194,43 @@ def main() -> None:
     rng = random.Random(99)
     reg_specs = [random_spec(rng) for _ in range(40)]
     reg = write_dataset(args.out / "reg", reg_specs, [golden_caption(s) for s in reg_specs], 1)
-    loras = {"a": train("a", base, ds_a, None, args.out, args.steps),
-             "b": train("b", base, ds_b, None, args.out, args.steps),
-             "c": train("c", base, ds_b, reg, args.out, args.steps)}
+    arms = args.arms.split(",")
+    plan = {"a": (ds_a, None, None), "b": (ds_b, None, None), "c": (ds_b, reg, None)}
+    for arm in ("d", "e", "f"):
+        arm_reg = reg if arm == "f" else None
+        plan[f"{arm}_a"] = (ds_a, arm_reg, METHOD_ARMS[arm])
+        plan[f"{arm}_b"] = (ds_b, arm_reg, METHOD_ARMS[arm])
+    chosen = [name for name in plan if name.split("_")[0] in arms]
+    trained = {name: train(name, base, *plan[name][:2], args.out, args.steps, plan[name][2]) for name in chosen}
     results = {}
-    for name in ("base", "a", "b", "c"):
+    for name in ("base", *chosen):
         print(f"scoring {name}: {2 * len(HELD_OUT) * len(DISHES) * args.seeds} images ({time.time() - start:.0f} s so far)", flush=True)
-        pipe = StableDiffusionPipeline.from_pretrained(str(base), dtype=torch.float32)
-        pipe.set_progress_bar_config(disable=True)
-        if name != "base":
-            pipe.load_lora_weights(str(loras[name]))
-        results[name] = score(pipe, args.seeds, args.sample_steps)
+        results[name] = score(load_model(base, name, trained.get(name)), args.seeds, args.sample_steps)
     n = results["base"]["n"]
     half = 1.96 * math.sqrt(0.25 / n)
     print(f"\nstyle contamination, {n} images per rate ({args.seeds} seeds x 4 backgrounds x 3 dishes); "
           f"95% interval of a rate <= +-{half:.0%}; LoRA steps {args.steps}; wall {time.time() - start:.0f} s")
-    labels = {"base": "base model", "a": "(a) trigger+subject", "b": "(b) golden captions", "c": "(c) golden + reg"}
-    print(f"{'model':24} {'leak':>6} {'style':>6} {'follow':>7} {'bleed':>6}")
+    labels = {"base": "base model", "a": "(a) trigger+subject", "b": "(b) golden captions", "c": "(c) golden + reg",
+              "d_a": "(d) TI, trigger+subject", "d_b": "(d) TI, golden", "e_a": "(e) pivotal, trig+subj",
+              "e_b": "(e) pivotal, golden", "f_a": "(f) DB-lite, trig+subj", "f_b": "(f) DB-lite, golden"}
+    print(f"{'model':26} {'leak':>12} {'style':>12} {'follow':>12} {'bleed':>12}   (rate [95% Wilson interval])")
     for name, r in results.items():
-        print(f"{labels[name]:24} {r['leak']:6.0%} {r['style']:6.0%} {r['follow']:7.0%} {r['bleed']:6.0%}")
+        cells = " ".join(f"{_rate(r[k], r['n']):>12}" for k in ("leak", "style", "follow", "bleed"))
+        print(f"{labels[name]:26} {cells}")
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def wilson(rate: float, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a rate over n images."""
+    z = 1.96
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _rate(rate: float, n: int) -> str:
+    low, high = wilson(rate, n)
+    return f"{rate:.0%} [{low:.0%}-{high:.0%}]"
 
 
 if __name__ == "__main__":

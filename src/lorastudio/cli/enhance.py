@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_RESOLUTION = {"sd": 512, "sdxl": 1024}
+DEFAULT_RESOLUTION = {"sd": 512, "sdxl": 1024, "flux": 1024}
 
 
 def _outputs(out_dir: Path, photo: Path, result, before, edges, request, extra: dict) -> list[Path]:
@@ -39,7 +39,7 @@ def _outputs(out_dir: Path, photo: Path, result, before, edges, request, extra: 
 @click.option("--cfg", default=6.0, show_default=True, type=click.FloatRange(min=0), help="Guidance scale.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed (the same for every photo).")
 @click.option("--resolution", type=click.IntRange(min=8), default=None, help="Working size: about RES x RES pixels, aspect kept (default 512, SDXL 1024).")
-@click.option("--family", default="auto", show_default=True, type=click.Choice(["auto", "sd15", "sd2", "sdxl"]), help="Model family (auto reads the model folder).")
+@click.option("--family", default="auto", show_default=True, type=click.Choice(["auto", "sd15", "sd2", "sdxl", "flux"]), help="Model family (auto reads the model folder).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, ... (auto: cuda when available).")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (nothing there is overwritten).")

@@ -44,7 +44,7 @@ def _layout_from_base(base: Path | None):
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output file (.safetensors) or, for diffusers, a folder. "
                    "Default: beside FILE, named <name>-kohya.safetensors or <name>-diffusers/.")
-@click.option("--family", type=click.Choice(["sd15", "sd2", "sdxl"]), default=None,
+@click.option("--family", type=click.Choice(["sd15", "sd2", "sdxl", "flux"]), default=None,
               help="Base model family. Default: guessed from key names and ss_* metadata.")
 @click.option("--base", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Diffusers model folder whose unet/config.json gives the SDXL block layout "

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-DEFAULT_SIZE = {"sd": (512, 512), "sdxl": (1024, 1024)}
+DEFAULT_SIZE = {"sd": (512, 512), "sdxl": (1024, 1024), "flux": (1024, 1024)}
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -48,7 +48,7 @@ def render(pipe: Any, requests: list, out_dir: Path, *, extra: dict[str, Any], d
 @click.option("--cfg", default=7.0, show_default=True, type=click.FloatRange(min=0), help="Classifier-free guidance scale.")
 @click.option("--size", default=None, metavar="WxH", help="Image size (default 512x512 for SD1.5/2, 1024x1024 for SDXL).")
 @click.option("--n", "count", default=1, show_default=True, type=click.IntRange(min=1), help="How many images.")
-@click.option("--family", default="auto", show_default=True, type=click.Choice(["auto", "sd15", "sd2", "sdxl"]),
+@click.option("--family", default="auto", show_default=True, type=click.Choice(["auto", "sd15", "sd2", "sdxl", "flux"]),
               help="Model family; auto reads the model folder. Required for hub ids.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: cuda when available).")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))

@@ -13,7 +13,7 @@ _MAX_VALUE = 160  # long metadata values (tag frequencies) are cut in the text v
 @click.command()
 @click.argument("file", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@click.option("--family", type=click.Choice(["sd15", "sd2", "sdxl"]), default=None,
+@click.option("--family", type=click.Choice(["sd15", "sd2", "sdxl", "flux"]), default=None,
               help="Base model family. Default: guessed from key names and ss_* metadata.")
 @click.option("--allow-pickle", is_flag=True,
               help="Accept a .ckpt/.pt/.bin file (loaded with torch.load(weights_only=True)).")
@@ -30,6 +30,8 @@ def command(file: Path, as_json: bool, family: str | None, allow_pickle: bool) -
     from lorastudio.models.lora import read_lora
     from lorastudio.models.lora_formats import UnsupportedLoraError
 
+    if _show_method_output(file, as_json):
+        return
     try:
         summary = read_lora(file, allow_pickle=allow_pickle, family=family).summary()
     except UnsupportedLoraError as error:
@@ -49,6 +51,8 @@ def command(file: Path, as_json: bool, family: str | None, allow_pickle: bool) -
         click.echo(f"  {block:<28} {count}")
     click.echo(f"rank:    {summary['rank']}" + _varies(summary["ranks"]))
     click.echo(f"alpha:   {summary['alpha']:g}" + _varies(summary["alphas"]))
+    if summary.get("coverage"):
+        click.echo(f"keys:    {summary['coverage']}")
     _echo_metadata(summary["metadata"])
 
 
@@ -83,3 +87,38 @@ def _varies(values: list) -> str:
     if len(values) <= 1:
         return ""
     return " (varies per module: " + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _show_method_output(file: Path, as_json: bool) -> bool:
+    """A TI / pivotal / DreamBooth run folder (lorastudio.json) or an embedding file; False otherwise."""
+    from lorastudio.models.embeddings import is_embedding_file
+    from lorastudio.models.weights_file import WeightsFileError, read_header
+
+    if file.is_dir() and (file / "lorastudio.json").is_file():
+        summary = json.loads((file / "lorastudio.json").read_text(encoding="utf-8"))
+    elif file.is_file() and file.suffix == ".safetensors":
+        try:
+            header = read_header(file)
+        except WeightsFileError:
+            return False
+        shapes = {k: _Dims(len(v.shape)) for k, v in header.tensors.items()}
+        if not is_embedding_file(shapes):
+            return False
+        summary = {"file": str(file), "format": "embedding", "trigger": file.stem,
+                   "method": header.metadata.get("lorastudio.method", "unknown"),
+                   "vectors": {k: list(v.shape) for k, v in header.tensors.items()},
+                   "prompt": {"a1111": file.stem, "comfyui": f"embedding:{file.stem}"},
+                   "metadata": dict(sorted(header.metadata.items()))}
+    else:
+        return False
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        for key, value in summary.items():
+            click.echo(f"{key + ':':<9}{value if not isinstance(value, dict) else json.dumps(value)}")
+    return True
+
+
+class _Dims:
+    def __init__(self, ndim: int) -> None:
+        self.ndim = ndim

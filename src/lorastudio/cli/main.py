@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init-config": ("lorastudio.cli.init_config", "Print a fully commented training config."),
     "train": ("lorastudio.cli.train", "Train a LoRA from a config file."),
     "export": ("lorastudio.cli.export", "Convert a LoRA between kohya and diffusers formats."),
+    "extract-lora": ("lorastudio.cli.extract_lora", "Extract a kohya LoRA from a fine-tuned (DreamBooth) model by SVD."),
     "inspect": ("lorastudio.cli.inspect", "Show a LoRA file's format, modules, rank, alpha and metadata."),
     "generate": ("lorastudio.cli.generate", "Text-to-image with one or more LoRAs."),
     "enhance": ("lorastudio.cli.enhance", "Image-to-image with a style LoRA."),

@@ -13,22 +13,24 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lorastudio.config.flux import FluxSection
 from lorastudio.config.loader import Schema
+from lorastudio.config.methods import DreamBoothSection, Method, TISection, check_method_config
 
-Family = Literal["sd15", "sd2", "sdxl"]
+Family = Literal["sd15", "sd2", "sdxl", "flux"]
 TARGET_PRESET_NAMES = ("attn", "attn_ff", "all_linear")
 
 
 class ModelSection(Schema):
-    family: Family = Field("sd15", description="Model family: sd15, sd2 or sdxl. Decides text encoders, conditioning and LoRA key names.")
+    family: Family = Field("sd15", description="Model family: sd15, sd2, sdxl or flux (FLUX.1 dev/schnell). Decides text encoders, conditioning and LoRA key names.")
     path: str = Field(
         "runwayml/stable-diffusion-v1-5",
         description="Base model: a hub id, a local diffusers folder, or a single-file .safetensors checkpoint.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `path` is a hub id.")
     variant: str | None = Field(None, description="Weight variant to load, e.g. fp16 (files named *.fp16.safetensors).")
-    prediction_type: Literal["auto", "epsilon", "v_prediction"] = Field(
-        "auto", description="What the UNet predicts. auto reads the model's scheduler config (SD2-768 models use v_prediction)."
+    prediction_type: Literal["auto", "epsilon", "v_prediction", "flow"] = Field(
+        "auto", description="What the UNet predicts. auto reads the model's scheduler config (SD2-768 models use v_prediction; Flux: flow)."
     )
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Dtype of the frozen weights (UNet, VAE, text encoders). LoRA weights always train in float32."
@@ -94,6 +96,7 @@ class NetworkSection(Schema):
 
 
 class TrainSection(Schema):
+    method: Method = Field("lora", description="What to train: lora (adapter), ti (the trigger's embedding vectors), pivotal (ti, then lora) or dreambooth (full UNet fine-tune).")
     max_steps: int | None = Field(1000, ge=1, description="Optimizer steps to train. Set to null to train for `epochs` instead.")
     epochs: int | None = Field(None, ge=1, description="Epochs to train when max_steps is null.")
     batch_size: int = Field(1, ge=1, description="Images per batch per process. Every batch comes from one bucket (one image size).")
@@ -187,6 +190,27 @@ class TrainConfig(Schema):
     save: SaveSection = Field(default_factory=SaveSection, description="Checkpoints and exports.")
     output_dir: Path = Field(Path("runs/lora"), description="Run dir: config, metrics, samples, checkpoints and final/.")
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Metrics logging.")
+    ti: TISection = Field(default_factory=TISection, description="Methods ti and pivotal: the trigger to learn, its vectors and the pivot.")
+    dreambooth: DreamBoothSection = Field(default_factory=DreamBoothSection, description="Method dreambooth: text encoder, class images, exports.")
+
+    @model_validator(mode="after")
+    def _method_rules(self) -> TrainConfig:
+        check_method_config(self.train.method, self.ti, self.dreambooth, self.network.train_text_encoder)
+        return self
+    flux: FluxSection = Field(default_factory=FluxSection, description="FLUX.1 only: sigma sampling, guidance, T5 length.")
+
+    @model_validator(mode="after")
+    def _flux_rules(self) -> TrainConfig:
+        if self.model.family != "flux":
+            return self
+        if self.train.mixed_precision == "fp16" or self.model.dtype == "float16":
+            raise ValueError("Flux does not train in fp16 (NaN losses and black samples in every trainer's history); "
+                             "use train.mixed_precision=bf16 / model.dtype=bfloat16 on a GPU, or float32")
+        if self.train.min_snr_gamma is not None:
+            raise ValueError("train.min_snr_gamma is a DDPM weighting; Flux trains flow matching, set it to null")
+        if self.model.prediction_type not in ("auto", "flow"):
+            raise ValueError(f"model.prediction_type={self.model.prediction_type} is not a Flux target; Flux predicts the velocity (flow)")
+        return self
 
 
 FAMILY_DEFAULTS: dict[str, dict] = {
@@ -199,6 +223,12 @@ FAMILY_DEFAULTS: dict[str, dict] = {
         "model": {"family": "sdxl", "path": "stabilityai/stable-diffusion-xl-base-1.0"},
         "network": {"rank": 32, "alpha": 16.0},
         "sample": {"width": 1024, "height": 1024},
+    },
+    "flux": {
+        "model": {"family": "flux", "path": "black-forest-labs/FLUX.1-dev", "dtype": "bfloat16"},
+        "network": {"rank": 16, "alpha": 16.0, "targets": "all_linear"},
+        "train": {"lr": 1e-4, "gradient_checkpointing": True, "mixed_precision": "bf16"},
+        "sample": {"width": 1024, "height": 1024, "steps": 28, "cfg": 3.5},
     },
 }
 
@@ -214,4 +244,7 @@ RESUME_SAFE_KEYS = (
     "train.min_free_disk_mb",
     "train.debug_nan_at_steps",
     "train.debug_stop_after_step",
+    "ti.bundle",
+    "dreambooth.single_file",
+    "dreambooth.export_dtype",
 )

@@ -28,8 +28,11 @@ class GenerationRequest:
     cfg: float = 7.0
 
 
-def generate(pipe: Any, requests: list[GenerationRequest], *, device: str = "cpu") -> list[Image.Image]:
-    """Render each request with `pipe` (a diffusers text-to-image pipeline), one at a time."""
+def generate(pipe: Any, requests: list[GenerationRequest], *, device: str = "cpu",
+             pipe_kwargs: dict[str, Any] | None = None) -> list[Image.Image]:
+    """Render each request with `pipe` (a diffusers text-to-image pipeline), one at a time.
+
+    `pipe_kwargs` are family-specific call arguments (Flux: the T5 length it trained with)."""
     import torch
 
     images = []
@@ -45,6 +48,7 @@ def generate(pipe: Any, requests: list[GenerationRequest], *, device: str = "cpu
                 guidance_scale=req.cfg,
                 generator=generator,
                 output_type="pil",
+                **(pipe_kwargs or {}),
             )
         images.append(out.images[0])
     return images

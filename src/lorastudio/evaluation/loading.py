@@ -17,11 +17,12 @@ from typing import Any
 # Which diffusers class renders each (family, task). Families sd15 and sd2 share classes;
 # the scheduler config in the model folder carries their difference (v-prediction).
 PIPELINE_CLASSES: dict[str, dict[str, str]] = {
-    "text2img": {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"},
-    "img2img": {"sd": "StableDiffusionImg2ImgPipeline", "sdxl": "StableDiffusionXLImg2ImgPipeline"},
-    "controlnet_img2img": {"sd": "StableDiffusionControlNetImg2ImgPipeline", "sdxl": "StableDiffusionXLControlNetImg2ImgPipeline"},
+    "text2img": {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline"},
+    "img2img": {"sd": "StableDiffusionImg2ImgPipeline", "sdxl": "StableDiffusionXLImg2ImgPipeline", "flux": "FluxImg2ImgPipeline"},
+    "controlnet_img2img": {"sd": "StableDiffusionControlNetImg2ImgPipeline", "sdxl": "StableDiffusionXLControlNetImg2ImgPipeline",
+                           "flux": "FluxControlNetImg2ImgPipeline"},
 }
-FAMILIES = ("auto", "sd15", "sd2", "sdxl")
+FAMILIES = ("auto", "sd15", "sd2", "sdxl", "flux")
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
@@ -36,6 +37,8 @@ class LoraSpec:
     path: Path
     scale: float
     name: str
+    embeddings: tuple[Path, ...] = ()  # trigger embeddings loaded with it (TI / pivotal), named after each file
+    has_lora: bool = True  # False for a TI-only embedding
 
 
 def parse_lora_arg(text: str) -> tuple[str, float]:
@@ -87,19 +90,78 @@ def lora_specs(args: list[str]) -> list[LoraSpec]:
     specs = []
     for i, arg in enumerate(args):
         raw, scale = parse_lora_arg(arg)
-        path = resolve_lora_file(raw)
-        specs.append(LoraSpec(path=path, scale=scale, name=_adapter_name(i, path)))
+        lora, embeddings = method_files(Path(raw))
+        path = lora or embeddings[0]
+        specs.append(LoraSpec(path=path, scale=scale, name=_adapter_name(i, path), embeddings=tuple(embeddings), has_lora=lora is not None))
     return specs
 
 
+def method_files(path: Path) -> tuple[Path | None, list[Path]]:
+    """(LoRA file or None, trigger embedding files) that one `--lora` argument names.
+
+    A lorastudio run folder of method ti / pivotal lists its files in `lorastudio.json`; a
+    pivotal LoRA file names its embedding in its metadata (loaded when it sits beside it);
+    a bare embedding file (`emb_params`, `clip_l` + `clip_g`, one named tensor) is TI only.
+    """
+    import json
+
+    from lorastudio.models.embeddings import is_embedding_file
+    from lorastudio.models.weights_file import WeightsFileError, read_header
+
+    info_file = path / "lorastudio.json"
+    if path.is_dir() and info_file.is_file():
+        files = json.loads(info_file.read_text(encoding="utf-8")).get("files", {})
+        embeddings = [path / files["embedding"]] if files.get("embedding") else []
+        lora = resolve_lora_file(path) if files.get("lora") or files.get("diffusers") else None
+        if lora is None and not embeddings:
+            raise LoadError(f"{path}: this run folder holds neither a LoRA nor an embedding")
+        return lora, embeddings
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        try:
+            header = read_header(path)
+        except WeightsFileError as exc:
+            raise LoadError(str(exc)) from None
+        shapes = {k: _Shape(len(v.shape)) for k, v in header.tensors.items()}
+        if is_embedding_file(shapes):
+            return None, [path]
+        partner = header.metadata.get("lorastudio.embedding")
+        bundled = any(k.startswith("bundle_emb.") for k in header.tensors)  # its embeddings come from the file itself
+        if partner and not bundled and (path.parent / partner).is_file():
+            return resolve_lora_file(path), [path.parent / partner]
+    return resolve_lora_file(path), []
+
+
+@dataclass(frozen=True)
+class _Shape:
+    ndim: int
+
+
+def load_embeddings_file(pipe: Any, path: Path, trigger: str | None = None) -> str:
+    """Load a trigger embedding into every text encoder of `pipe`; returns its prompt word.
+
+    The token is the file stem (as in A1111), never the key name diffusers would pick
+    (`emb_params`, `clip_l`); SDXL's `clip_l` / `clip_g` go to their own encoders.
+    """
+    from safetensors.torch import load_file
+
+    from lorastudio.models.embeddings import EmbeddingError, load_embedding
+
+    trigger = trigger or path.stem
+    try:
+        load_embedding(pipe, load_file(str(path)), trigger, source=str(path))
+    except (EmbeddingError, ValueError) as exc:
+        raise LoadError(str(exc)) from None
+    return trigger
+
+
 def resolve_family(model: str, family: str) -> str:
-    """`sd` or `sdxl` for `model`; `auto` reads model_index.json / unet config / file header."""
+    """`sd`, `sdxl` or `flux` for `model`; `auto` reads model_index.json / unet config / file header."""
     from lorastudio.models.families import FamilyError, detect_family
 
     if family not in FAMILIES:
         raise LoadError(f"unknown family '{family}'; use one of {', '.join(FAMILIES)}")
     if family != "auto":
-        return "sdxl" if family == "sdxl" else "sd"
+        return family if family in ("sdxl", "flux") else "sd"
     try:
         found = detect_family(model)
     except FamilyError as exc:
@@ -212,6 +274,13 @@ def _loadable_file(pipe: Any, spec: LoraSpec, scratch: Path) -> Path:
     from lorastudio.models.lora import read_lora, write_diffusers
     from lorastudio.models.lora_formats import UnsupportedLoraError, check_fit
 
+    if getattr(pipe, "transformer", None) is not None:  # Flux: every file layout goes through our reader
+        from lorastudio.models.flux_formats import FluxLoraError, loadable_flux_file
+
+        try:
+            return loadable_flux_file(pipe, spec.path, scratch / spec.name / DIFFUSERS_WEIGHT_NAME)
+        except (FluxLoraError, ValueError) as exc:
+            raise LoadError(f"{spec.path}: {exc}") from None
     layout = UNetLayout.from_unet_config(pipe.unet.config) if getattr(pipe, "text_encoder_2", None) else None
     try:
         lora = read_lora(spec.path, layout=layout)
@@ -246,7 +315,11 @@ def apply_loras(pipe: Any, specs: list[LoraSpec]) -> None:
     loaded: list[str] = []
     with tempfile.TemporaryDirectory(prefix="lorastudio-lora-") as scratch:
         for spec in specs:
-            path = _loadable_file(pipe, spec, Path(scratch))
+            for embedding in spec.embeddings:
+                load_embeddings_file(pipe, embedding)
+            if not spec.has_lora:
+                continue
+            path = _loadable_file(pipe, _without_bundle(pipe, spec, Path(scratch)), Path(scratch))
             try:
                 with loading_adapters(loaded):
                     pipe.load_lora_weights(str(path), adapter_name=spec.name)
@@ -254,7 +327,34 @@ def apply_loras(pipe: Any, specs: list[LoraSpec]) -> None:
                 raise LoadError(f"{spec.path}: does not fit this base model ({type(exc).__name__}: "
                                 f"{_first_line(exc)})") from None
             loaded.append(spec.name)
-    set_scales(pipe, specs)
+    set_scales(pipe, [s for s in specs if s.has_lora])
+
+
+def _without_bundle(pipe: Any, spec: LoraSpec, scratch: Path) -> LoraSpec:
+    """A LoRA with `bundle_emb.*` keys (A1111's bundle): load its embeddings, return the bare LoRA.
+
+    diffusers refuses such a file outright; the embedding is named after its bundle key.
+    """
+    from dataclasses import replace
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from lorastudio.models.embeddings import BUNDLE_PREFIX, EmbeddingError, load_embedding, split_bundle
+
+    with safe_open(str(spec.path), framework="pt") as fh:
+        if not any(k.startswith(BUNDLE_PREFIX) for k in fh.keys()):
+            return spec
+        metadata = fh.metadata() or {}
+    lora, bundles = split_bundle(load_file(str(spec.path)))
+    for name, tensors in bundles.items():
+        try:
+            load_embedding(pipe, tensors, name, source=f"{spec.path} (bundle_emb.{name})")
+        except (EmbeddingError, ValueError) as exc:
+            raise LoadError(str(exc)) from None
+    bare = scratch / f"{spec.name}.bare.safetensors"
+    save_file(lora, str(bare), metadata=metadata)
+    return replace(spec, path=bare)
 
 
 def set_scales(pipe: Any, specs: list[LoraSpec]) -> None:

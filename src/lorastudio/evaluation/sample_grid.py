@@ -177,7 +177,8 @@ def render_grid(pipe: Any, checkpoints: list[Checkpoint], requests: list[Generat
     """
     from tqdm import tqdm
 
-    from lorastudio.evaluation.loading import LoraSpec, set_scales
+    from lorastudio.evaluation.loading import LoraSpec, load_embeddings_file, method_files, set_scales
+    from lorastudio.models.embeddings import unload_embedding
 
     images: dict[tuple[str, float, int], Image.Image] = {}
     cells = []
@@ -197,14 +198,21 @@ def render_grid(pipe: Any, checkpoints: list[Checkpoint], requests: list[Generat
         for i, req in enumerate(requests):
             cell("base", 0.0, i, req, 0)
     for ck in checkpoints:
-        spec = LoraSpec(path=_adapter_file(ck.path), scale=1.0, name=f"ck_{ck.label}")
-        pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
+        # TI / pivotal checkpoints carry trigger embeddings (and a TI one no LoRA at all).
+        lora, embeddings = method_files(ck.path)
+        triggers = [load_embeddings_file(pipe, e) for e in embeddings]
+        spec = LoraSpec(path=lora, scale=1.0, name=f"ck_{ck.label}") if lora is not None else None
+        if spec is not None:
+            pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
         for scale in (s for s in scales if s != 0.0):
-            set_scales(pipe, [replace(spec, scale=scale)])
+            set_scales(pipe, [replace(spec, scale=scale)] if spec is not None else [])
             for i, req in enumerate(requests):
                 cell(ck.label, scale, i, req, ck.step)
         # One adapter at a time keeps memory flat however many checkpoints a run has.
-        pipe.delete_adapters(spec.name)
+        if spec is not None:
+            pipe.delete_adapters(spec.name)
+        for trigger in triggers:
+            unload_embedding(pipe, trigger)
     bar.close()
     grids = _write_grids(images, checkpoints, requests, scales, out_dir, run_dir)
     index = {
@@ -231,9 +239,10 @@ def _write_grids(images: dict, checkpoints: list[Checkpoint], requests: list[Gen
 
 
 def _adapter_file(ckpt_dir: Path) -> Path:
-    from lorastudio.evaluation.loading import resolve_lora_file
+    from lorastudio.evaluation.loading import method_files
 
-    return resolve_lora_file(ckpt_dir)
+    lora, embeddings = method_files(ckpt_dir)
+    return lora if lora is not None else embeddings[0]
 
 
 def _rel(path: Path, run_dir: Path) -> str:

@@ -211,6 +211,7 @@ class LoraFile:
     tensors: dict[str, "torch.Tensor"]
     metadata: dict[str, str]
     modules: list[LoraModule] = field(default_factory=list)
+    coverage: str | None = None  # Flux: how the file's keys mapped onto modules
 
     @property
     def rank(self) -> int:
@@ -254,6 +255,7 @@ class LoraFile:
             "rank_varies": len(ranks) > 1,
             "alpha_varies": len(alphas) > 1,
             "metadata": dict(sorted(self.metadata.items())),
+            **({"coverage": self.coverage} if self.coverage else {}),
         }
 
 
@@ -481,6 +483,11 @@ def read_lora(path: Path | str, *, allow_pickle: bool = False, family: str | Non
     tensors, metadata = _load_tensors(file, allow_pickle)
     if not tensors:
         raise ValueError(f"{file}: holds no tensors")
+    from lorastudio.models.flux_formats import looks_like_flux, parse_flux_lora
+
+    if family == "flux" or looks_like_flux(list(tensors)):
+        modules, report = parse_flux_lora(tensors, metadata)
+        return LoraFile(file, "flux", "flux", tensors, metadata, modules, coverage=report.line())
     fmt = detect_format(tensors, {k: tuple(v.shape) for k, v in tensors.items()}, metadata)
     if not fmt.readable:
         stems = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in tensors}
@@ -544,6 +551,10 @@ def convert(path_in: Path | str, path_out: Path | str | None, to: str, family: s
     alpha = Counter(m.alpha for m in unet_modules).most_common(1)[0][0]
     for key in DERIVED_KEYS:
         carried.pop(key, None)  # re-derived from the weights below; descriptive keys are carried as they are
+    if source.family == "flux":
+        from lorastudio.models.flux_formats import write_converted
+
+        return write_converted(out, source.modules, to, {**carried, "lorastudio.converted_from": "flux"})
     header = build_metadata(source.family, rank, alpha, source.modules, carried)
     header["lorastudio.converted_from"] = source.format
     if to == "kohya":

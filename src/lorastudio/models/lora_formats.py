@@ -42,6 +42,7 @@ FORMATS = {f.name: f for f in (
     LoraFormat("lycoris-ia3", "LyCORIS (IA)^3 (on_input keys)", False, False),
     LoraFormat("lycoris-glora", "LyCORIS GLoRA (a1 / b1 keys)", False, False),
     LoraFormat("oft", "OFT / BOFT (oft_blocks keys)", False, False),
+    LoraFormat("flux", "FLUX.1 LoRA (diffusers/PEFT, kohya/BFL fused, BFL-named PEFT, OneTrainer or XLabs keys)", True, True),
     LoraFormat("transformer", "a LoRA for a transformer model such as Flux or SD3 (transformer / double_blocks keys)",
                False, False),
     LoraFormat("unknown", "not a LoRA key style lorastudio knows", False, False),

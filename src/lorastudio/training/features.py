@@ -43,7 +43,14 @@ class Features:
     @property
     def caches_text(self) -> bool:
         """Text embeddings are cacheable only when they cannot change during the run."""
-        return self.cfg.train.cache != "none" and not self.cfg.network.train_text_encoder and not self.cfg.data.varies_captions
+        return self.cfg.train.cache != "none" and not self.trains_text and not self.cfg.data.varies_captions
+
+    @property
+    def trains_text(self) -> bool:
+        """Text conditioning needs gradients: a text-encoder LoRA, learned trigger vectors or a full TE fine-tune."""
+        from lorastudio.training.methods import trains_text
+
+        return self.cfg.network.train_text_encoder or trains_text(self.cfg)
 
     def build_caches(self, items: list[Item], cache_root: Path | None, *, show: bool) -> None:
         """Fill the latent and text caches, then release the encoders they replace."""
@@ -68,7 +75,7 @@ class Features:
         self.log(f"latent cache: {made} computed, {len(wanted) - made} reused")
         if self.caches_text:
             self._build_text_cache(items, cache_root, show=show)
-        elif not self.cfg.network.train_text_encoder:
+        elif not self.trains_text:
             self.log("text cache off: caption shuffle/dropout changes captions between epochs (latents are still cached)")
         self.release_encoders()
         self.cache_seconds = time.perf_counter() - start
@@ -77,7 +84,7 @@ class Features:
         import torch
 
         encoders, tokenizers = self.parts.text_encoders, self.parts.tokenizers
-        digest = module_hash(*encoders, extra=self.family.name + tokenizer_hash(tokenizers))
+        digest = module_hash(*encoders, extra=self.family.text_cache_tag + tokenizer_hash(tokenizers))
         self.text_cache = TensorCache("text", digest, root=cache_root)
         captions = {text_key(c): c for c in dict.fromkeys(i.caption for i in items)}
 
@@ -115,7 +122,7 @@ class Features:
         if self.text_cache is not None:
             rows = [self.text_cache.get(text_key(c)) for c in captions]
             return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-        if self.cfg.network.train_text_encoder:
+        if self.trains_text:
             return self.family.encode_captions(text_encoders, self.parts.tokenizers, captions)
         with torch.no_grad():
             return self.family.encode_captions(text_encoders, self.parts.tokenizers, captions)

@@ -7,6 +7,7 @@ single uninterrupted run draws, without saving any generator state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,7 +20,22 @@ def sample_noise(
     """Per-sample noise (with optional offset noise) and integer timesteps."""
     import torch
 
-    noises, steps = [], []
+    noise, steps = noise_per_sample(
+        latents, positions, seed=seed, step=step, noise_offset=noise_offset,
+        draw=lambda gen: int(torch.randint(0, num_timesteps, (1,), generator=gen)),
+    )
+    return noise, torch.tensor(steps, device=latents.device, dtype=torch.long)
+
+
+def noise_per_sample(
+    latents: torch.Tensor, positions: list[int], *, seed: int, step: int, noise_offset: float,
+    draw: Callable[[torch.Generator], Any],
+) -> tuple[torch.Tensor, list[Any]]:
+    """Noise for each sample from its own generator, then `draw(generator)` (its timestep or
+    sigma) from the same generator, so both are fixed by (seed, step, position) alone."""
+    import torch
+
+    noises, drawn = [], []
     for sample, pos in zip(latents, positions, strict=True):
         gen = torch.Generator(device="cpu").manual_seed(hash_seed(seed, step, pos))
         noise = torch.randn(sample.shape, generator=gen, dtype=torch.float32)
@@ -28,9 +44,8 @@ def sample_noise(
             # overall brightness, which plain Gaussian noise almost never asks of it.
             noise = noise + noise_offset * torch.randn((sample.shape[0], 1, 1), generator=gen)
         noises.append(noise)
-        steps.append(int(torch.randint(0, num_timesteps, (1,), generator=gen)))
-    noise = torch.stack(noises).to(latents.device, latents.dtype)
-    return noise, torch.tensor(steps, device=latents.device, dtype=torch.long)
+        drawn.append(draw(gen))
+    return torch.stack(noises).to(latents.device, latents.dtype), drawn
 
 
 def hash_seed(seed: int, step: int, pos: int) -> int:

@@ -7,11 +7,12 @@ what to do, so a bad config costs seconds, not a model load.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from lorastudio.config.train import ModelSection, TrainConfig
 from lorastudio.data.dataset import DatasetError, Item, load_all_items
-from lorastudio.models.families import FamilyError, check_model_matches, is_single_file
+from lorastudio.models.families import FamilyError, check_model_matches, get_family, is_single_file
 from lorastudio.training.optim import OptimizerUnavailable, check_optimizer
 
 
@@ -79,6 +80,12 @@ def check_machine(cfg: TrainConfig) -> None:
         check_optimizer(cfg.train, has_gpu=gpu)
     except OptimizerUnavailable as exc:
         raise PreflightError(str(exc)) from None
+    try:
+        notes = get_family(cfg.model.family).configured(cfg).check_run(cfg, gpu)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+    for note in notes:
+        print(note, file=sys.stderr)
 
 
 def check_model_path(cfg: TrainConfig) -> None:
@@ -98,8 +105,9 @@ def check_sampling(cfg: TrainConfig) -> None:
     for i, prompt in enumerate(cfg.sample.prompts):
         for key in ("width", "height"):
             value = getattr(prompt, key) or getattr(cfg.sample, key)
-            if value % 8:
-                raise PreflightError(f"sample.prompts[{i}].{key}={value} must be a multiple of 8")
+            multiple = get_family(cfg.model.family).size_multiple
+            if value % multiple:
+                raise PreflightError(f"sample.prompts[{i}].{key}={value} must be a multiple of {multiple} for {cfg.model.family}")
 
 
 def preflight(cfg: TrainConfig, *, audit: bool = True) -> list[Item]:
@@ -115,8 +123,10 @@ def preflight(cfg: TrainConfig, *, audit: bool = True) -> list[Item]:
     except DatasetError as exc:
         raise PreflightError(str(exc)) from None
     for item in items:
-        if item.width % 8 or item.height % 8:
-            raise PreflightError(f"{item.image_path}: {item.width}x{item.height} is not a multiple of 8; re-run `lorastudio prepare`")
+        multiple = get_family(cfg.model.family).size_multiple
+        if item.width % multiple or item.height % multiple:
+            raise PreflightError(f"{item.image_path}: {item.width}x{item.height} is not a multiple of {multiple} "
+                                 f"(needed by {cfg.model.family}); re-run `lorastudio prepare` with such buckets")
     if audit and int(os.environ.get("RANK", "0")) == 0:
         check_audit(cfg)
     return items

@@ -21,9 +21,10 @@ from lorastudio.data.cache import default_cache_dir
 from lorastudio.data.dataset import BucketBatchSampler, EpochView, Item, dataset_fingerprint, describe
 from lorastudio.models.families import Family, ModelParts, get_family, load_text_parts, load_unet_and_scheduler, load_vae
 from lorastudio.training import checkpoint as ckpt
+from lorastudio.training import methods
 from lorastudio.training.features import Features
 from lorastudio.training.logging import MetricsLogger, Progress, Smoothed, peak_gpu_mb, peak_rss_mb
-from lorastudio.training.loss import diffusion_loss, sample_noise, training_target
+from lorastudio.training.loss import diffusion_loss
 from lorastudio.training.optim import build_lr_scheduler, build_optimizer
 from lorastudio.training.preflight import preflight, resolve_mixed_precision
 from lorastudio.training.sampling import render_samples
@@ -57,6 +58,7 @@ class Session:
     run_dir: Path
     pos: LoopPosition = field(default_factory=LoopPosition)
     last_saved_step: int = -1
+    method_state: methods.MethodState = field(default_factory=methods.MethodState)
 
     @property
     def is_main(self) -> bool:
@@ -74,7 +76,7 @@ def run(cfg: TrainConfig, *, resume: str | None = None, force: bool = False, sho
     """Train a LoRA as `cfg` says; returns the process exit code (0, 130 or 143).
 
     `audit=False` skips the dataset audit gate (`--skip-audit`)."""
-    items = preflight(cfg, audit=audit)
+    items = methods.prepare_items(cfg, preflight(cfg, audit=audit), warn=lambda m: print(m, file=sys.stderr))
     if resume is None and ckpt.list_checkpoints(Path(cfg.output_dir)):
         raise ResumeError(
             f"output_dir {cfg.output_dir} already holds checkpoints; continue it with --resume auto, "
@@ -119,12 +121,13 @@ def setup(cfg: TrainConfig, items: list[Item], accelerator: Any, *, show_progres
     """Load the model, attach adapters, build caches, optimizer, schedule and sampler."""
     import torch
 
-    family = get_family(cfg.model.family)
+    family = get_family(cfg.model.family).configured(cfg)
     torch.manual_seed(cfg.train.seed)
     parts = load_unet_and_scheduler(family, cfg.model)
     parts.vae = load_vae(family, cfg.model)
     parts.text_encoders, parts.tokenizers = load_text_parts(family, cfg.model)
-    params = attach_adapters(cfg, parts)
+    method_state = methods.MethodState()
+    params = methods.attach(cfg, parts, method_state)
     for module in [parts.unet, *parts.text_encoders]:
         module.to(accelerator.device)
     parts.vae.to(accelerator.device)
@@ -141,7 +144,7 @@ def setup(cfg: TrainConfig, items: list[Item], accelerator: Any, *, show_progres
         view.buckets(), batch_size=cfg.train.batch_size, seed=cfg.train.seed, world_size=accelerator.num_processes, rank=accelerator.process_index
     )
     total = cfg.train.max_steps or math.ceil(cfg.train.epochs * len(sampler) / cfg.train.grad_accum)
-    optimizer = build_optimizer(param_groups(cfg, params), cfg.train)
+    optimizer = build_optimizer(methods.param_groups(cfg, params), cfg.train)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.train, total)
     unet = accelerator.prepare(parts.unet)
     text_encoders = [accelerator.prepare(te) for te in parts.text_encoders] if cfg.network.train_text_encoder else parts.text_encoders
@@ -150,7 +153,7 @@ def setup(cfg: TrainConfig, items: list[Item], accelerator: Any, *, show_progres
         prediction_type = parts.noise_scheduler.config.get("prediction_type") or family.default_prediction_type
     session = Session(
         cfg, family, accelerator, parts, features, unet, text_encoders, params, optimizer, lr_scheduler, view, sampler,
-        prediction_type, total, dataset_fingerprint(items), Path(cfg.output_dir),
+        prediction_type, total, dataset_fingerprint(items), Path(cfg.output_dir), method_state=method_state,
     )
     session.log(f"data: {describe(items)}; {len(sampler)} batches/epoch; {total} steps; predicting {prediction_type}")
     return session
@@ -158,16 +161,18 @@ def setup(cfg: TrainConfig, items: list[Item], accelerator: Any, *, show_progres
 
 def attach_adapters(cfg: TrainConfig, parts: ModelParts) -> dict[str, Any]:
     """Freeze the base model, attach LoRA to the UNet (and text encoders); return trainable params."""
-    from lorastudio.models.lora import attach_lora, text_encoder_target_modules, unet_target_modules
+    from lorastudio.models.lora import attach_lora
 
-    net = cfg.network
+    net, family = cfg.network, get_family(cfg.model.family).configured(cfg)
     for module in [parts.unet, parts.vae, *parts.text_encoders]:
         module.requires_grad_(False)
-    attach_lora(parts.unet, rank=net.rank, alpha=net.alpha, target_modules=unet_target_modules(parts.unet, net.targets), dropout=net.dropout)
+    attach_lora(parts.unet, rank=net.rank, alpha=net.alpha, target_modules=family.target_modules(parts.unet, net.targets), dropout=net.dropout)
     named = {f"unet.{n}": p for n, p in parts.unet.named_parameters() if p.requires_grad}
     if net.train_text_encoder:
         for i, te in enumerate(parts.text_encoders):
-            targets = text_encoder_target_modules(te, net.text_encoder_targets)
+            targets = family.text_encoder_target_modules(i, te, net.text_encoder_targets)
+            if not targets:  # e.g. Flux's T5 unless flux.train_t5
+                continue
             attach_lora(te, rank=net.text_encoder_rank, alpha=net.text_encoder_alpha, target_modules=targets, dropout=net.dropout)
             named.update({f"text_encoder_{i}.{n}": p for n, p in te.named_parameters() if p.requires_grad})
     # LoRA weights train in float32 even when the frozen base is half precision.
@@ -208,6 +213,9 @@ def restore(session: Session, resume: str | None, force: bool) -> None:
     diff = check_compatible(read_meta(state_dir), session.cfg.model_dump(mode="json"), session.fingerprint, source=found, force=force)
     if diff:
         session.log("resuming with changes (--force):\n" + "\n".join(diff))
+    # The optimizer must hold the parameter groups of the phase the checkpoint was written in.
+    saved_step = read_meta(state_dir)["position"]["step"]
+    methods.enter_phase(session.cfg, session.method_state, session.optimizer, session.lr_scheduler, max(saved_step - 1, 0), session.total_steps, session.log)
     session.pos = load_trainer_state(state_dir, params=session.params, optimizer=session.optimizer, lr_scheduler=session.lr_scheduler)
     session.last_saved_step = session.pos.step
     session.log(f"resumed from {found} at step {session.pos.step} (epoch {session.pos.epoch}, batch {session.pos.batch})")
@@ -229,19 +237,18 @@ def forward_loss(session: Session, examples: list[Any], positions: list[int], mi
 
     cfg, sched = session.cfg, session.parts.noise_scheduler
     latents = session.features.latents(examples).to(session.accelerator.device)
-    cond = session.features.conditioning([ex.caption for ex in examples], session.text_encoders)
+    cond = session.features.conditioning(methods.captions(cfg, [ex.caption for ex in examples]), session.text_encoders)
     global_batch = cfg.train.batch_size * session.accelerator.num_processes
-    noise, timesteps = sample_noise(
+    objective = session.family.objective
+    noise, timesteps = objective.draw(
         latents, [micro * global_batch + p for p in positions], seed=cfg.train.seed, step=session.pos.step,
-        num_timesteps=sched.config.num_train_timesteps, noise_offset=cfg.train.noise_offset,
+        scheduler=sched, noise_offset=cfg.train.noise_offset,
     )
-    noisy = sched.add_noise(latents, noise, timesteps)
-    target = training_target(sched, latents, noise, timesteps, session.prediction_type)
+    noisy, target = objective.noisy_and_target(sched, latents, noise, timesteps, session.prediction_type)
     height, width = examples[0].item.height, examples[0].item.width
-    dtype = next(session.parts.unet.parameters()).dtype
-    kwargs = session.family.unet_kwargs({k: v.to(dtype) for k, v in cond.items()}, height, width)
+    dtype = session.parts.unet.dtype  # first floating-point weight: the compute dtype, also for a quantised base
     with session.accelerator.autocast():
-        pred = session.unet(noisy.to(dtype), timesteps, **kwargs).sample
+        pred = session.family.predict(session.unet, noisy.to(dtype), timesteps, {k: v.to(dtype) for k, v in cond.items()}, height, width)
     weights = torch.tensor([cfg.data.prior_loss_weight if ex.item.is_reg else 1.0 for ex in examples])
     return diffusion_loss(
         pred, target, scheduler=sched, timesteps=timesteps, prediction_type=session.prediction_type,
@@ -254,6 +261,7 @@ def train_step(session: Session) -> dict[str, float]:
     import torch
 
     cfg, acc = session.cfg, session.accelerator
+    methods.enter_phase(cfg, session.method_state, session.optimizer, session.lr_scheduler, session.pos.step, session.total_steps, session.log)
     total = torch.zeros((), device=acc.device)
     images = 0
     for micro in range(cfg.train.grad_accum):
@@ -379,13 +387,14 @@ def _check_finite_weights(session: Session) -> None:
         raise TrainingStopped(f"refusing to save: non-finite values in {len(bad)} adapter tensors (first: {bad[0]}); the last checkpoint is unchanged")
 
 
-def _export(session: Session, out_dir: Path) -> None:
-    from lorastudio.models.lora import export_adapter
-
+def _export(session: Session, out_dir: Path, *, final: bool = False) -> None:
+    if session.cfg.train.method != "lora":
+        methods.export(session, out_dir, final=final)
+        return
     acc, net = session.accelerator, session.cfg.network
     text_encoders = [acc.unwrap_model(te) for te in session.text_encoders] if net.train_text_encoder else []
-    export_adapter(
-        out_dir, family=session.family.name, unet=acc.unwrap_model(session.unet), text_encoders=text_encoders,
+    session.family.export_adapter(
+        out_dir, unet=acc.unwrap_model(session.unet), text_encoders=text_encoders,
         rank=net.rank, alpha=net.alpha, formats=session.cfg.save.formats,
         metadata={"lorastudio.step": str(session.pos.step), "lorastudio.base_model": session.cfg.model.path},
     )
@@ -428,7 +437,7 @@ def write_final(session: Session) -> None:
     _check_finite_weights(session)
     if session.is_main:
         ckpt.write_atomic_dir(
-            session.run_dir / "final", lambda tmp: _export(session, tmp), info={"step": session.pos.step}, needed_bytes=_needed_bytes(session)
+            session.run_dir / "final", lambda tmp: _export(session, tmp, final=True), info={"step": session.pos.step}, needed_bytes=_needed_bytes(session)
         )
         session.log(f"done: {session.run_dir / 'final'}")
     session.accelerator.wait_for_everyone()

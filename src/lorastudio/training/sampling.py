@@ -32,8 +32,6 @@ def sample_requests(cfg: TrainConfig) -> list[GenerationRequest]:
 
 def render_samples(family: Family, features: Features, unet: Any, cfg: TrainConfig, run_dir: Path, step: int, prediction_type: str) -> list[Path]:
     """Render every sample prompt into `samples/step_N/` with the adapter active."""
-    from diffusers import DPMSolverMultistepScheduler
-
     was_training = unet.training
     unet.eval()
     out_dir = run_dir / "samples" / f"step_{step}"
@@ -41,12 +39,12 @@ def render_samples(family: Family, features: Features, unet: Any, cfg: TrainConf
     try:
         with features.sampling_parts() as parts:
             # A fresh scheduler per sampling round: schedulers keep per-generation state.
-            scheduler = DPMSolverMultistepScheduler.from_config(parts.noise_scheduler.config, prediction_type=prediction_type)
+            scheduler = family.sampling_scheduler(parts.noise_scheduler.config, prediction_type)
             view = ModelParts(unet=unet, noise_scheduler=parts.noise_scheduler, vae=parts.vae, text_encoders=_unwrapped(parts.text_encoders), tokenizers=parts.tokenizers)
             pipe = build_pipeline(family, view, scheduler)
             device = str(next(unet.parameters()).device)
             requests = sample_requests(cfg)
-            for i, (req, image) in enumerate(zip(requests, generate(pipe, requests, device=device), strict=True)):
+            for i, (req, image) in enumerate(zip(requests, generate(pipe, requests, device=device, pipe_kwargs=family.pipeline_kwargs()), strict=True)):
                 written.append(save_png(image, out_dir / f"{i:02d}", req, extra={"step": step, "base_model": cfg.model.path}))
     finally:
         unet.train(was_training)
