@@ -21,8 +21,26 @@ the plain fp32 lower bound of the same run: channels-last, each SDPA kernel, for
 AdamW, bf16 autocast (on CPUs with avx512_bf16 / AMX, or a GPU), torch.compile of the UNet
 (compile time reported; a failure falls back and says why). Options join with "+".
 
+`--example PATH` also runs the real, unmodified diffusers
+examples/text_to_image/train_text_to_image_lora.py at PATH on the same model, images, caption
+and settings (batch 1, rank 4, lr 1e-4 constant, grad clip 1.0; `--mixed_precision no`, and
+`bf16` beside the bf16 rows) in its own venv (`--example-python`, default .venv-example; build
+it with benchmarks/example_setup.sh). Its step times come from benchmarks/example_timer.py,
+which clocks the example's "Steps" progress bar without touching the script. `--repeat N`
+measures lorastudio and the example N times, alternating, and prints the ratio's spread;
+`--no-loop` skips the reference loop and lower bound rows. Every row also gives CPU seconds
+per step and each run's share of the cores: on a shared machine, wall-time ratios from runs with
+a low share are not speed figures.
+
+`--unet sdxl` (with --floor) times an SDXL-shaped UNet instead: SDXL's widths (320/640/1280),
+heads, 2048-wide cross-attention and text-time conditioning, random weights, but transformer
+depth (1, 2, 2) instead of (1, 2, 10) (0.90 B parameters instead of 2.57 B) so a step fits this
+machine; `--sdxl-depth 10` asks for the full depth.
+
 Usage: python benchmarks/train_step.py [--warmup 2] [--steps 3] [--res 512 256]
+       python benchmarks/train_step.py --example .venv-example/examples/train_text_to_image_lora.py --res 512 --repeat 3
        python benchmarks/train_step.py --floor [--options plain channels_last ...] [--res 256]
+       python benchmarks/train_step.py --floor --unet sdxl --options plain bf16 --res 512
 """
 
 from __future__ import annotations
@@ -39,6 +57,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(os.environ.get("LORASTUDIO_BENCH_DIR", "/tmp/lorastudio-bench"))
+REPO = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "sd15-full"
 CAPTION = "ohwx_kfood_style, a photo of bibimbap, top-down shot, in a stone bowl, warm light"
 
@@ -76,6 +95,16 @@ def ensure_dataset(res: int) -> Path:
     return root
 
 
+def run_measured(cmd: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `cmd`; also return the share of the machine's cores it got (its CPU time over wall
+    time x cores). Well under 100% means other work ran beside it and slowed it."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - start
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return proc, cpu / (wall * (os.cpu_count() or 1))
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
@@ -102,12 +131,69 @@ def run_lorastudio(res: int, steps: int, warmup: int, precision: str = "auto") -
     }
     cfg_path = ROOT / f"bench{res}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "lorastudio", "train", str(cfg_path), "--no-progress", "--skip-audit"], capture_output=True, text=True)
+    timer = str(Path(__file__).with_name("example_timer.py"))
+    proc, share = run_measured([sys.executable, timer, "--lorastudio", "train", str(cfg_path), "--no-progress", "--skip-audit"])
     if proc.returncode != 0:
         raise SystemExit(f"lorastudio train failed:\n{proc.stderr[-3000:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     cache_s = float(re.search(r"caches ready in ([\d.]+)s", proc.stderr).group(1))
-    return {"s_per_step": statistics.median(r["s_per_step"] for r in rows[warmup:]), "peak_rss_gb": rows[-1]["peak_rss_mb"] / 1024, "cache_s": cache_s}
+    return {**step_figures(proc.stdout, warmup, steps, "lorastudio train"), "cache_s": cache_s, "cpu_share": share}
+
+
+def step_figures(stdout: str, warmup: int, steps: int, who: str) -> dict:
+    """Medians of the timed steps from example_timer.py's JSON line."""
+    lines = [line for line in stdout.splitlines() if line.startswith('{"step_s"')]
+    got = json.loads(lines[-1]) if lines else {"step_s": []}
+    if len(got["step_s"]) != warmup + steps:
+        raise SystemExit(f"{who} logged {len(got['step_s'])} steps, expected {warmup + steps}")
+    return {"s_per_step": statistics.median(got["step_s"][warmup:]), "cpu_s_per_step": statistics.median(got["step_cpu_s"][warmup:]),
+            "peak_rss_gb": got["peak_rss_gb"]}
+
+
+def ensure_example_dataset(res: int) -> Path:
+    """The same 4 images and caption as an imagefolder (metadata.jsonl) for the example."""
+    import shutil
+
+    src, root = ensure_dataset(res), ROOT / f"exds{res}"
+    if not (root / "metadata.jsonl").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in (src / "images").glob("*.png"))
+        for name in names:
+            shutil.copyfile(src / "images" / name, root / name)
+        (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": n, "text": CAPTION}) + "\n" for n in names))
+    return root
+
+
+def run_example(script: Path, python: Path, res: int, steps: int, warmup: int, precision: str = "no") -> dict:
+    """The unmodified diffusers example in its own venv, its steps clocked by example_timer.py."""
+    import shutil
+
+    out = ROOT / f"example-out{res}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(python), str(Path(__file__).with_name("example_timer.py")), str(script),
+           "--pretrained_model_name_or_path", str(MODEL), "--train_data_dir", str(ensure_example_dataset(res)),
+           "--resolution", str(res), "--train_batch_size", "1", "--max_train_steps", str(warmup + steps),
+           "--learning_rate", "1e-4", "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--rank", "4",
+           "--max_grad_norm", "1.0", "--mixed_precision", precision, "--seed", "0", "--output_dir", str(out),
+           "--checkpointing_steps", "1000000", "--dataloader_num_workers", "0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(ROOT / "datasets-cache")}
+    proc, share = run_measured(cmd, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"the diffusers example failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {**step_figures(proc.stdout, warmup, steps, "the diffusers example"), "cpu_share": share}
+
+
+def sdxl_unet(depth: int):
+    """An SDXL-shaped UNet with random weights (seeded by the caller); `depth` = transformer
+    layers in the 1280-wide blocks (SDXL: 10)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=64, act_fn="silu", addition_embed_type="text_time", addition_time_embed_dim=256,
+        attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], cross_attention_dim=2048,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], layers_per_block=2,
+        projection_class_embeddings_input_dim=2816, transformer_layers_per_block=[1, 2, depth], use_linear_projection=True,
+    ).requires_grad_(False)
 
 
 FLOOR_OPTIONS = ("plain", "channels_last", "sdpa_math", "sdpa_flash", "sdpa_efficient", "adamw_foreach",
@@ -126,8 +212,9 @@ def _sdpa_context(options: set[str]):
     return sdpa_kernel(chosen) if chosen else contextlib.nullcontext()
 
 
-def child(kind: str, res: int, steps: int, warmup: int, option: str = "plain") -> None:
-    """Reference, lower-bound or one floor option's loop in this process; prints one JSON line."""
+def child(kind: str, res: int, steps: int, warmup: int, option: str = "plain", unet_kind: str = "sd15") -> None:
+    """Reference, lower-bound or one floor option's loop in this process; prints one JSON line.
+    `unet_kind` "sdxl" or "sdxl<depth>" times an SDXL-shaped UNet (lower bound only)."""
     import numpy as np
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -137,7 +224,10 @@ def child(kind: str, res: int, steps: int, warmup: int, option: str = "plain") -
     from lorastudio.models.lora import attach_lora, unet_target_modules
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_pretrained(MODEL, subfolder="unet").requires_grad_(False)
+    if unet_kind.startswith("sdxl"):
+        unet = sdxl_unet(int(unet_kind[4:] or 2))
+    else:
+        unet = UNet2DConditionModel.from_pretrained(MODEL, subfolder="unet").requires_grad_(False)
     attach_lora(unet, rank=4, alpha=4.0, target_modules=unet_target_modules(unet, "attn"))
     params = [p for p in unet.parameters() if p.requires_grad]
     options = set(option.split("+"))
@@ -170,10 +260,13 @@ def child(kind: str, res: int, steps: int, warmup: int, option: str = "plain") -
                 param.data = param.data.float()
     else:
         fixed_latents = torch.randn(1, 4, res // 8, res // 8)
-        fixed_text = torch.randn(1, 77, 768)
-    times, encode_times = [], []
+        fixed_text = torch.randn(1, 77, unet.config.cross_attention_dim)
+    added = None
+    if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and six size/crop numbers
+        added = {"text_embeds": torch.randn(1, 1280), "time_ids": torch.tensor([[res, res, 0, 0, res, res]], dtype=torch.float32)}
+    times, encode_times, cpu_times = [], [], []
     for _ in range(warmup + steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if kind == "reference":
             pixels = torch.from_numpy(np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
             with torch.no_grad():
@@ -190,28 +283,31 @@ def child(kind: str, res: int, steps: int, warmup: int, option: str = "plain") -
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None), _sdpa_context(options):
             try:
-                pred = forward(noisy, t, encoder_hidden_states=text).sample
+                pred = forward(noisy, t, encoder_hidden_states=text, added_cond_kwargs=added).sample
             except Exception as exc:  # noqa: BLE001 - a compile that fails at first call falls back
                 if forward is unet:
                     raise
                 compile_note = f"compile failed at first call ({type(exc).__name__}: {str(exc)[:120]}); eager timed"
                 forward = unet
-                pred = forward(noisy, t, encoder_hidden_states=text).sample
+                pred = forward(noisy, t, encoder_hidden_states=text, added_cond_kwargs=added).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     # The encode share, timed inside the same steps, gives a speed-up estimate that does not
     # depend on how busy the machine was while the other runs were measured.
     encode_share = statistics.median(e / t for e, t in zip(encode_times[warmup:], times[warmup:], strict=True))
-    print(json.dumps({"s_per_step": statistics.median(times[warmup:]), "peak_rss_gb": peak_rss_gb(), "encode_share": encode_share,
+    print(json.dumps({"s_per_step": statistics.median(times[warmup:]), "cpu_s_per_step": statistics.median(cpu_times[warmup:]),
+                      "peak_rss_gb": peak_rss_gb(), "encode_share": encode_share,
                       "first_step_s": times[0], "note": compile_note}))
 
 
-def run_child(kind: str, res: int, steps: int, warmup: int, option: str = "plain", fatal: bool = True) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--res", str(res), "--steps", str(steps), "--warmup", str(warmup), "--options", option]
+def run_child(kind: str, res: int, steps: int, warmup: int, option: str = "plain", fatal: bool = True, unet: str = "sd15") -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--res", str(res), "--steps", str(steps), "--warmup", str(warmup),
+           "--options", option, "--unet", unet]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         if fatal:
@@ -227,27 +323,74 @@ def bf16_cpu() -> bool:
     return bool(cpu_bf16_flags())
 
 
-def run_floor(res_list: list[int], options: list[str], steps: int, warmup: int) -> None:
+def run_floor(res_list: list[int], options: list[str], steps: int, warmup: int, unet: str = "sd15") -> None:
     """Each option's lower-bound step against the plain fp32 lower bound, one process each."""
     import torch
 
     print(f"floor: {warmup} warm-up + {steps} timed steps (median) per option; torch {torch.__version__}; "
           f"threads {torch.get_num_threads()}; bf16 instructions: {'yes' if bf16_cpu() else 'no'}", flush=True)
     for res in res_list:
-        base = run_child("lower_bound", res, steps, warmup, "plain")
-        print(f"\n{res} px, batch 1, rank 4, attn targets, UNet forward/backward + AdamW (the lower bound)")
-        print(f"  {'option':<22} {'s/step':>8} {'vs plain':>9} {'first step s':>13}  note")
-        print(f"  {'plain (fp32)':<22} {base['s_per_step']:8.2f} {'1.00x':>9} {base['first_step_s']:13.1f}", flush=True)
+        base = run_child("lower_bound", res, steps, warmup, "plain", unet=unet)
+        what = "SD1.5-size UNet" if unet == "sd15" else f"SDXL-shaped UNet, transformer depth (1, 2, {unet[4:] or 2})"
+        print(f"\n{res} px, batch 1, rank 4, attn targets, {what} forward/backward + AdamW (the lower bound)")
+        print(f"  {'option':<22} {'s/step':>8} {'vs plain':>9} {'CPU s':>7} {'vs plain':>9} {'first step s':>13}  note")
+        print(f"  {'plain (fp32)':<22} {base['s_per_step']:8.2f} {'1.00x':>9} {base['cpu_s_per_step']:7.2f} {'1.00x':>9} "
+              f"{base['first_step_s']:13.1f}", flush=True)
         for option in options:
             if option == "plain":
                 continue
-            got = run_child("lower_bound", res, steps, warmup, option, fatal=False)
+            got = run_child("lower_bound", res, steps, warmup, option, fatal=False, unet=unet)
             if "error" in got:
-                print(f"  {option:<22} {'-':>8} {'-':>9} {'-':>13}  failed: {got['error']}", flush=True)
+                print(f"  {option:<22} {'-':>8} {'-':>9} {'-':>7} {'-':>9} {'-':>13}  failed: {got['error']}", flush=True)
                 continue
             ratio = base["s_per_step"] / got["s_per_step"]
             note = got["note"] or ("bf16 autocast without bf16 instructions" if "bf16" in option and not bf16_cpu() else "")
-            print(f"  {option:<22} {got['s_per_step']:8.2f} {ratio:8.2f}x {got['first_step_s']:13.1f}  {note}", flush=True)
+            cpu_ratio = base["cpu_s_per_step"] / got["cpu_s_per_step"]
+            print(f"  {option:<22} {got['s_per_step']:8.2f} {ratio:8.2f}x {got['cpu_s_per_step']:7.2f} {cpu_ratio:8.2f}x "
+                  f"{got['first_step_s']:13.1f}  {note}", flush=True)
+
+
+FP32_FLOOR: dict[int, dict] = {}  # res -> the fp32 lower bound of this run, quoted beside the bf16 one
+
+
+def compare(args: argparse.Namespace, res: int, precision: str) -> None:
+    """lorastudio against the example (repeated, alternating) and the in-process loops, one precision."""
+    bf16 = precision == "bf16"
+    pairs = []
+    for _ in range(args.repeat if args.example else 1):
+        ours = run_lorastudio(res, args.steps, args.warmup, "auto" if bf16 else "no")
+        ex = run_example(args.example, args.example_python, res, args.steps, args.warmup, precision) if args.example else None
+        pairs.append((ours, ex))
+    ours = pairs[0][0]
+    loop = None if args.no_loop else (run_child("reference", res, args.steps, args.warmup, "bf16" if bf16 else "plain"),
+                                      run_child("lower_bound", res, args.steps, args.warmup, "bf16" if bf16 else "plain"))
+    label = "bf16 CPU (the default here: train.mixed_precision auto)" if bf16 else "fp32 CPU"
+    print(f"\n{res} px, batch 1, rank 4, attn targets, {label}")
+    for i, (run, ex) in enumerate(pairs, 1):
+        tag = f" (run {i})" if len(pairs) > 1 else ""
+        print(f"  lorastudio train{tag:<8}: {run['s_per_step']:7.2f} s/step ({run['cpu_s_per_step']:6.2f} CPU s)  peak RSS "
+              f"{run['peak_rss_gb']:.2f} GB  (one-time cache {run['cache_s']:.1f} s; CPU share {100 * run['cpu_share']:.0f}%)")
+        if ex:
+            print(f"  diffusers example{tag:<7}: {ex['s_per_step']:7.2f} s/step ({ex['cpu_s_per_step']:6.2f} CPU s)  peak RSS "
+                  f"{ex['peak_rss_gb']:.2f} GB  (CPU share {100 * ex['cpu_share']:.0f}%) -> {ex['s_per_step'] / run['s_per_step']:.2f}x, "
+                  f"CPU time {ex['cpu_s_per_step'] / run['cpu_s_per_step']:.2f}x", flush=True)
+    if args.example:
+        for what, key in (("wall", "s_per_step"), ("CPU time", "cpu_s_per_step")):
+            ratios = [ex[key] / run[key] for run, ex in pairs]
+            spread = f" (runs: {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+            print(f"  speed-up vs the real example ({'bf16' if bf16 else 'fp32'} both), {what}: median "
+                  f"{statistics.median(ratios):.2f}x{spread}{'' if bf16 else ' (target >= 1.6x at 512 px)'}")
+    if loop:
+        ref, low = loop
+        print(f"  reference loop   : {ref['s_per_step']:7.2f} s/step ({ref['cpu_s_per_step']:6.2f} CPU s)  peak RSS {ref['peak_rss_gb']:.2f} GB"
+              + (f"  (vs the example: {ref['s_per_step'] / pairs[0][1]['s_per_step']:.2f}x its time)" if args.example else ""))
+        old = FP32_FLOOR.setdefault(res, low) if not bf16 else FP32_FLOOR.get(res)
+        print(f"  lower bound      : {low['s_per_step']:7.2f} s/step ({low['cpu_s_per_step']:6.2f} CPU s)  peak RSS {low['peak_rss_gb']:.2f} GB"
+              + (f"  (the fp32 floor {old['s_per_step']:.2f}: {old['s_per_step'] / low['s_per_step']:.2f}x)" if bf16 and old else ""))
+        print(f"  vs reference loop: {ref['s_per_step'] / ours['s_per_step']:.2f}x; over the lower bound: "
+              f"{100 * (ours['s_per_step'] / low['s_per_step'] - 1):+.1f}% (target <= +10%); "
+              f"the reference spends {100 * ref['encode_share']:.0f}% of each step encoding, so removing it is worth "
+              f"{1 / (1 - ref['encode_share']):.2f}x at equal machine load", flush=True)
 
 
 def main() -> None:
@@ -257,43 +400,36 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--child", choices=["reference", "lower_bound"])
     parser.add_argument("--floor", action="store_true", help="measure the lower bound option by option")
+    parser.add_argument("--unet", default="sd15", help="with --floor: sd15, or sdxl (SDXL-shaped, depth --sdxl-depth)")
+    parser.add_argument("--sdxl-depth", type=int, default=2, help="transformer layers in SDXL's 1280-wide blocks (full: 10)")
     parser.add_argument("--fp32-only", action="store_true", help="skip the bf16 rows")
+    parser.add_argument("--bf16-only", action="store_true", help="skip the fp32 rows")
     parser.add_argument("--options", nargs="+", help=f"floor options (default: all of {', '.join(FLOOR_OPTIONS)})")
+    parser.add_argument("--example", type=Path, help="the diffusers train_text_to_image_lora.py to run beside lorastudio")
+    parser.add_argument("--example-python", type=Path, default=REPO / ".venv-example" / "bin" / "python")
+    parser.add_argument("--repeat", type=int, default=1, help="with --example: alternating lorastudio/example runs")
+    parser.add_argument("--no-loop", action="store_true", help="skip the reference loop and lower bound rows")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
-        child(args.child, args.res[0], args.steps, args.warmup, "+".join(args.options or ["plain"]))
+        child(args.child, args.res[0], args.steps, args.warmup, "+".join(args.options or ["plain"]), args.unet)
         return
+    if args.example:
+        args.example, args.example_python = args.example.resolve(), args.example_python.absolute()
+    if args.example and not (args.example.is_file() and args.example_python.is_file()):
+        raise SystemExit(f"--example needs {args.example} and {args.example_python}; build them with benchmarks/example_setup.sh")
     ensure_model()
     if args.floor:
-        run_floor(args.res, args.options or list(FLOOR_OPTIONS), args.steps, args.warmup)
+        unet = "sd15" if args.unet == "sd15" else f"sdxl{args.sdxl_depth}"
+        run_floor(args.res, args.options or list(FLOOR_OPTIONS), args.steps, args.warmup, unet)
         return
-    print(f"torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}; {args.warmup} warm-up + {args.steps} timed steps (median)", flush=True)
+    print(f"torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}; {args.warmup} warm-up + {args.steps} timed steps (median)"
+          f"; bf16 instructions: {'yes' if bf16_cpu() else 'no'}", flush=True)
     for res in args.res:
-        ours = run_lorastudio(res, args.steps, args.warmup, "no")
-        ref = run_child("reference", res, args.steps, args.warmup)
-        low = run_child("lower_bound", res, args.steps, args.warmup)
+        if not args.bf16_only:
+            compare(args, res, "no")
         if bf16_cpu() and not args.fp32_only:
-            ours16 = run_lorastudio(res, args.steps, args.warmup, "auto")
-            ref16 = run_child("reference", res, args.steps, args.warmup, "bf16")
-            low16 = run_child("lower_bound", res, args.steps, args.warmup, "bf16")
-            print(f"\n{res} px, batch 1, rank 4, attn targets, bf16 CPU (the default here: train.mixed_precision auto)")
-            print(f"  lorastudio train : {ours16['s_per_step']:7.2f} s/step  peak RSS {ours16['peak_rss_gb']:.2f} GB")
-            print(f"  reference loop   : {ref16['s_per_step']:7.2f} s/step  (the example's bf16: frozen weights in bf16)")
-            print(f"  new floor (bf16) : {low16['s_per_step']:7.2f} s/step  vs old fp32 floor {low['s_per_step']:.2f}: "
-                  f"{low['s_per_step'] / low16['s_per_step']:.2f}x")
-            print(f"  default vs fp32 reference: {ref['s_per_step'] / ours16['s_per_step']:.2f}x; "
-                  f"vs bf16 reference: {ref16['s_per_step'] / ours16['s_per_step']:.2f}x; "
-                  f"over the bf16 floor: {100 * (ours16['s_per_step'] / low16['s_per_step'] - 1):+.1f}%", flush=True)
-        print(f"\n{res} px, batch 1, rank 4, attn targets, fp32 CPU")
-        print(f"  lorastudio train : {ours['s_per_step']:7.2f} s/step  peak RSS {ours['peak_rss_gb']:.2f} GB  (one-time cache {ours['cache_s']:.1f} s)")
-        print(f"  reference loop   : {ref['s_per_step']:7.2f} s/step  peak RSS {ref['peak_rss_gb']:.2f} GB")
-        print(f"  lower bound      : {low['s_per_step']:7.2f} s/step  peak RSS {low['peak_rss_gb']:.2f} GB")
-        print(f"  speed-up vs reference: {ref['s_per_step'] / ours['s_per_step']:.2f}x (target >= 1.4x at 512 px); "
-              f"over lower bound: {100 * (ours['s_per_step'] / low['s_per_step'] - 1):+.1f}% (target <= +10%); "
-              f"RSS vs reference: {ours['peak_rss_gb'] / ref['peak_rss_gb']:.2f}x")
-        print(f"  same-process check: the reference spends {100 * ref['encode_share']:.0f}% of each step encoding, "
-              f"so removing it is worth {1 / (1 - ref['encode_share']):.2f}x at equal machine load", flush=True)
+            compare(args, res, "bf16")
 
 
 if __name__ == "__main__":
