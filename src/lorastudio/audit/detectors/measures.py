@@ -13,7 +13,11 @@
   fine detail as the in-focus reference; NaN when the background is plain (a flat backdrop
   cannot show a depth of field);
 - background colour: the share of border pixels in each colour class;
-- key, saturation, contrast and vignette from the luminance and chroma histograms.
+- key, contrast and saturation from the subject's own luminance and chroma (the middle of
+  the frame, so a dark or bright backdrop is not a tonal look), low contrast also from the
+  whole frame's darkest and brightest pixels;
+- vignette: the radial term of a fit of log luminance outside the dish (plane + r^2), so a
+  directional light is not a vignette.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ MIN_SIDE = 16
 BORDER = 0.12  # border band width, as a share of the shorter side
 TILE = 8
 MAX_CAST = 0.55  # |log(R/B)| of the strongest white-balance error a photo plausibly has
+CLIPPING_CAST = 0.15  # |log(R/B)| above which the green/magenta reading is not trusted
+SUBJECT_WB_TOLERANCE = 0.08  # how far the subject's white-balance reading may sit from the frame's
 TYPICAL_RANGE = 0.6  # p95 - p5 luminance of an ordinary dish photo; texture is scaled to it
 NOISE_CAP = 0.012  # rms of the finest band; JPEG photos at THUMB px stay under it
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -74,13 +80,26 @@ def masks(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return border, centre
 
 
+def _green_magenta(u: np.ndarray, v: np.ndarray, unclipped: np.ndarray, lum: np.ndarray) -> float:
+    """The green/magenta reading from pixels with no clipped channel only, the bright set
+    included: a plate whose green channel clipped under a green cast would otherwise leave
+    only its reddish neighbours and read the cast too weak (NaN: too few such pixels)."""
+    if unclipped.mean() < 0.05:
+        return NAN
+    bright = unclipped & (lum >= np.percentile(lum[unclipped], 90))
+    u0, v0 = float(np.median(u[bright])), float(np.median(v[bright]))
+    near = unclipped & (np.abs(u - u0) < 0.12) & (np.abs(v - v0) < 0.12)
+    return float(np.median(v[near])) if near.mean() >= 0.02 else NAN
+
+
 def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     """Signed illuminant chroma: `wb_rb` (> 0 warm, < 0 cool) and `wb_g` (> 0 green, < 0 magenta)."""
     logc = np.log(rgb + 0.02)
     u = logc[..., 0] - logc[..., 2]
     v = logc[..., 1] - (logc[..., 0] + logc[..., 2]) / 2
     valid = (rgb.min(axis=2) < 0.985) & (lum > 0.1)  # one clipped channel still shows the cast
-    out = {"wb_rb": NAN, "wb_g": NAN, "wb_share": 0.0, "wb_sog_rb": NAN, "wb_sog_g": NAN}
+    out = {"wb_rb": NAN, "wb_g": NAN, "wb_share": 0.0, "wb_sog_rb": NAN, "wb_sog_g": NAN, "wb_subj_rb": NAN,
+           "wb_subj_g": NAN}
     if valid.mean() < 0.05:
         return out
     bright = valid & (lum >= np.percentile(lum[valid], 90))
@@ -94,21 +113,41 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     if share < 0.02:
         return out
     u0 = float(np.median(u[near]))
-    # Green/magenta only from pixels with no clipped channel: a warm cast that clips red
-    # would otherwise leave green looking high.
-    unclipped = near & (rgb.max(axis=2) < 0.985)
-    v0 = float(np.median(v[unclipped])) if unclipped.mean() >= 0.01 else NAN
+    v0 = _green_magenta(u, v, (rgb.max(axis=2) < 0.985) & (lum > 0.1), lum)
+    if not math.isfinite(v0):
+        # No unclipped bright cluster of its own: the unclipped pixels of the neutral cluster.
+        unclipped = near & (rgb.max(axis=2) < 0.985)
+        v0 = float(np.median(v[unclipped])) if unclipped.mean() >= 0.01 else NAN
     px = rgb[valid].astype(np.float64)
     sog = (px**6).mean(axis=0) ** (1 / 6)
     su = math.log(sog[0] + 0.02) - math.log(sog[2] + 0.02)
     sv = math.log(sog[1] + 0.02) - (math.log(sog[0] + 0.02) + math.log(sog[2] + 0.02)) / 2
     out.update(wb_share=share, wb_sog_rb=su, wb_sog_g=sv)
+    # A third reading from the subject: the brightest unclipped pixels in the middle of the
+    # frame are the plate or a highlight. A tinted backdrop brighter than the plate would
+    # otherwise pass for the illuminant; when the two readings differ, cannot tell.
+    subj = subject_mask(*lum.shape) & valid & (rgb.max(axis=2) < 0.985)
+    if subj.sum() >= 20:
+        top = subj & (lum >= np.percentile(lum[subj], 75))
+        out["wb_subj_rb"], out["wb_subj_g"] = float(np.median(u[top])), float(np.median(v[top]))
+    else:
+        out["wb_subj_rb"] = out["wb_subj_g"] = NAN
     # The two estimates must not point opposite ways: a bright coloured object read as
     # the illuminant would show up as exactly that disagreement.
     # A "cast" stronger than any grade gives is a coloured surface read as the illuminant
     # (a light wooden table with no white plate in frame): cannot tell.
-    out["wb_rb"] = u0 if not (u0 * su < 0 and min(abs(u0), abs(su)) > 0.08) and abs(u0) <= MAX_CAST else NAN
-    out["wb_g"] = v0 if not (v0 * sv < 0 and min(abs(v0), abs(sv)) > 0.06) else NAN
+    # The subject (plate, highlights, food, which only ever adds warmth) reading much cooler
+    # than the frame means the frame's reference was a warm surface, not a neutral.
+    warm_surface = out["wb_subj_rb"] < u0 - SUBJECT_WB_TOLERANCE - 0.02
+    out["wb_rb"] = (u0 if not (u0 * su < 0 and min(abs(u0), abs(su)) > 0.08) and abs(u0) <= MAX_CAST
+                    and not warm_surface else NAN)
+    # Green/magenta is read on unclipped pixels; under a strong warm or cool cast a channel
+    # clips on every bright neutral and what is left tilts the reading: cannot tell.
+    disagree = v0 * sv < 0 and min(abs(v0), abs(sv)) > 0.06
+    # Yellow food only ever pushes the subject's reading towards green, so a subject that
+    # reads much less green than the frame means a green-tinted backdrop was taken for white.
+    off_subject = out["wb_subj_g"] < v0 - SUBJECT_WB_TOLERANCE  # NaN compares False
+    out["wb_g"] = NAN if disagree or off_subject or abs(u0) > CLIPPING_CAST else v0
     return out
 
 
@@ -208,21 +247,56 @@ def colour_classes(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def _corner_darkening(lum: np.ndarray) -> dict[str, float]:
-    """How much darker the four corners are than their neighbouring mid-edges (a vignette)."""
+def subject_mask(h: int, w: int) -> np.ndarray:
+    """An ellipse in the middle of the frame, where a dish photo's subject (plate and food)
+    sits: small enough that the background never reaches it on an ordinary framing."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    return ((xx / w - 0.5) / 0.17) ** 2 + ((yy / h - 0.52) / 0.12) ** 2 <= 1.0
+
+
+def subject_tones(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
+    """Key, contrast and saturation of the subject alone, so a dark or bright backdrop does
+    not read as a tonal look: the subject's luminance percentiles, the saturation of its most
+    colourful lit pixels (a saturation boost drives a channel to zero), and its chroma per unit
+    of tonal range (a desaturating grade removes chroma, a faded grade removes both)."""
+    subj = subject_mask(*lum.shape)
+    s = lum[subj]
+    out = {f"subj_p{q:02d}": float(v) for q, v in zip((2, 10, 98), np.percentile(s, [2, 10, 98]))}
+    spread = out["subj_p98"] - out["subj_p02"]
+    px = rgb[subj]
+    mx, mn = px.max(axis=1), px.min(axis=1)
+    lit = (s > 0.1) & (mx < 0.99)
+    out["subj_sat98"], out["subj_chroma_rel"] = NAN, NAN
+    if lit.sum() >= 20:
+        sat = (mx[lit] - mn[lit]) / np.maximum(mx[lit], 1e-3)
+        out["subj_sat98"] = float(np.percentile(sat, 98))
+        out["subj_chroma_rel"] = float(np.percentile(mx[lit] - mn[lit], 98)) / max(spread, 0.05)
+    return out
+
+
+def radial_falloff(lum: np.ndarray) -> tuple[float, float]:
+    """How much darker the frame gets towards its corners, in log luminance from the centre
+    to a corner: the radial term of a fit, to the frame outside the dish, of a plane (a
+    directional light) plus a term in r^2 (a lens or an added vignette). Texture and the dish
+    are not fitted; NaN on a near-black frame, where a falloff cannot be read. Also returns the
+    fit's median residual: a blotchy surface leaves a large one, and a falloff read through it
+    is not to be trusted."""
     h, w = lum.shape
-    ph, pw = max(2, h // 10), max(2, w // 10)
-    top, bottom, left, right = slice(0, ph), slice(h - ph, h), slice(0, pw), slice(w - pw, w)
-    mid_r, mid_c = slice(h // 2 - ph // 2, h // 2 + ph // 2 + 1), slice(w // 2 - pw // 2, w // 2 + pw // 2 + 1)
-    m = {name: float(lum[r, c].mean()) for name, (r, c) in {
-        "tl": (top, left), "tr": (top, right), "bl": (bottom, left), "br": (bottom, right),
-        "t": (top, mid_c), "b": (bottom, mid_c), "l": (mid_r, left), "r": (mid_r, right)}.items()}
-    corners = np.array([m["tl"], m["tr"], m["bl"], m["br"]])
-    edges = np.array([(m["t"] + m["l"]) / 2, (m["t"] + m["r"]) / 2, (m["b"] + m["l"]) / 2, (m["b"] + m["r"]) / 2])
-    level = float(edges.mean())
-    darkening = 1.0 - corners / np.maximum(edges, 1e-3)
-    return {"vig_strength": float(darkening.min()) if level > 0.12 else NAN,
-            "vig_spread": float(darkening.max() - darkening.min())}
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    x, y = xx / w - 0.5, yy / h - 0.53
+    outside = (x / 0.45) ** 2 + (y / 0.4) ** 2 > 1.0
+    if outside.sum() < 50 or float(np.median(lum[outside])) < 0.04:
+        return NAN, NAN
+    logl = np.log(lum + 0.02)
+    r2 = (x * x + (yy / h - 0.5) ** 2) / 0.5
+    design = np.stack([np.ones_like(x), x, y, r2], axis=-1)
+    keep = outside.copy()
+    coef = np.zeros(4)
+    for _ in range(2):  # the second fit without seams, crumbs and highlights
+        coef, *_ = np.linalg.lstsq(design[keep], logl[keep], rcond=None)
+        res = np.abs(logl - design @ coef)
+        keep = outside & (res < 3 * float(np.median(res[outside])) + 1e-3)
+    return float(-coef[3]), float(np.median(res[outside]))
 
 
 def measure(rgb: np.ndarray) -> dict[str, float]:
@@ -232,33 +306,14 @@ def measure(rgb: np.ndarray) -> dict[str, float]:
         raise ValueError(f"image is {w}x{h}; the pixel detectors need at least {MIN_SIDE} px a side")
     rgb = rgb.astype(np.float32)
     lum = rgb @ LUMA
-    mx, mn = rgb.max(axis=2), rgb.min(axis=2)
-    sat = np.where(mx > 1e-3, (mx - mn) / np.maximum(mx, 1e-3), 0.0)
     border, centre = masks(h, w)
     feats: dict[str, float] = {"lum_mean": float(lum.mean())}
-    feats["lum_p01"], feats["lum_p05"], feats["lum_p50"], feats["lum_p95"], feats["lum_p99"] = (
-        float(v) for v in np.percentile(lum, [1, 5, 50, 95, 99]))
-    feats["clip_high"] = float((lum >= 0.98).mean())
-    feats["clip_low"] = float((lum <= 0.015).mean())
-    # The subject's own tonal range: a dish on a plate spans dark food to a bright plate,
-    # whatever the backdrop; a faded grade compresses it, an S-curve stretches it.
-    c_lo, c_hi = np.percentile(lum[centre], [2, 98])
-    feats["centre_spread"] = float(c_hi - c_lo)
-    feats["centre_p02"] = float(c_lo)
-    feats["border_lum"] = float(np.median(lum[border]))
-    mid = (lum > 0.12) & (lum < 0.95)
-    # Shares of mid-tone pixels that are colourful / vividly coloured: a dish is a small part
-    # of the frame, so percentiles over the whole image would only see the background.
-    feats["colourful_share"] = float((sat[mid] > 0.25).mean()) if mid.any() else NAN
-    feats["vivid_share"] = float(((mx - mn)[mid] > 0.62).mean()) if mid.any() else NAN
-    # A saturation boost drives a channel of the subject's colours to zero; a cast or a
-    # vivid backdrop does not.
-    lit = centre & (lum > 0.12) & (mx < 0.99)
-    feats["sat_full"] = float((sat[lit] >= 0.93).mean()) if lit.sum() >= 16 else NAN
+    feats["lum_p01"], feats["lum_p99"] = (float(v) for v in np.percentile(lum, [1, 99]))
     feats.update(white_balance(rgb, lum))
+    feats.update(subject_tones(rgb, lum))
     feats.update(texture(lum, border, centre))
     classes = colour_classes(rgb[border])
     for k, name in enumerate(COLOURS):
         feats[f"bg_{name}"] = float((classes == k).mean())
-    feats.update(_corner_darkening(lum))
+    feats["vig_falloff"], feats["vig_residual"] = radial_falloff(lum)
     return feats

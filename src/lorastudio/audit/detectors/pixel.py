@@ -57,33 +57,30 @@ NAMED_BY_PHRASES = {
 # label -> (measured value, threshold, width, direction); p = 0.5 at the threshold and
 # about 0.95 one width beyond it on the `direction` side (+1 above, -1 below).
 THRESHOLDS: dict[str, tuple[str, float, float, int]] = {
-    "warm": ("wb_rb", 0.17, 0.025, 1), "cool": ("wb_rb", -0.135, 0.02, -1),
-    "green_tint": ("wb_g", 0.11, 0.015, 1), "magenta": ("wb_g", -0.12, 0.02, -1),
+    "warm": ("wb_rb", 0.2, 0.025, 1), "cool": ("wb_rb", -0.12, 0.015, -1),
+    "green_tint": ("wb_g", 0.095, 0.01, 1), "magenta": ("wb_g", -0.1, 0.008, -1),
     "plain": ("bg_texture", 0.012, 0.003, -1),
     "colour": ("bg_share", 0.5, 0.15, 1),
-    "dof_blurred": ("bg_mid_coarse", 0.28, 0.04, -1), "dof_sharp": ("bg_mid_coarse", 0.38, 0.06, -1),
+    "dof_blurred": ("bg_mid_coarse", 0.34, 0.015, -1), "dof_sharp": ("bg_mid_coarse", 0.4, 0.03, -1),
     "dof_subject": ("subject_sharp", 0.3, 0.12, 1),
-    "high_key_mean": ("lum_mean", 0.68, 0.04, 1), "high_key_p05": ("lum_p05", 0.55, 0.06, 1),
-    "high_key_subject": ("centre_p02", 0.42, 0.05, 1),
-    "low_key_mean": ("lum_mean", 0.15, 0.02, -1), "low_key_p95": ("lum_p95", 0.45, 0.03, -1),
-    "saturated": ("sat_full", 0.015, 0.005, 1), "desaturated": ("colourful_share", 0.035, 0.006, -1),
-    "high_contrast_spread": ("centre_spread", 0.7, 0.03, 1), "high_contrast_p01": ("lum_p01", 0.29, 0.02, -1),
-    "high_contrast_clip": ("clip_high", 0.07, 0.02, 1),
-    "low_contrast_spread": ("centre_spread", 0.47, 0.03, -1), "low_contrast_p99": ("lum_p99", 0.8, 0.04, -1),
-    "low_contrast_p01": ("lum_p01", 0.3, 0.015, 1),
-    "vignette_strength": ("vig_strength", 0.1, 0.04, 1), "vignette_spread": ("vig_spread", 0.3, 0.05, -1),
+    "high_key": ("subj_p10", 0.58, 0.03, 1), "low_key": ("subj_p98", 0.5, 0.03, -1),
+    "saturated": ("subj_sat98", 0.95, 0.01, 1), "saturated_chroma": ("subj_chroma_rel", 0.5, 0.05, 1),
+    "desaturated": ("subj_chroma_rel", 0.29, 0.025, -1),
+    "high_contrast_dark": ("subj_p02", 0.155, 0.015, -1), "high_contrast_spread": ("subj_spread", 0.8, 0.02, 1),
+    "high_contrast_bright": ("subj_p98", 0.6, 0.03, 1),
+    "low_contrast_spread": ("subj_spread", 0.45, 0.03, -1), "low_contrast_dark": ("subj_p02", 0.3, 0.015, 1),
+    "low_contrast_bright": ("lum_p99", 0.8, 0.03, -1), "low_contrast_frame": ("lum_p01", 0.27, 0.015, 1),
+    "vignette": ("vig_falloff", 0.4, 0.04, 1), "vignette_fit": ("vig_residual", 0.13, 0.01, -1),
 }
 # Above this border texture a surface's colour is not "a background colour": the dominant
 # class of a wooden table is "cannot tell", the other classes are still confidently absent.
 COLOUR_TEXTURE_LIMIT = 0.016
 SURFACE_GROUP = "surface"
 SOLID_SHARE = 0.75
-DARK_SURROUND = 0.2
 COMPOUND = {
-    "high_key": ("high_key_mean", "high_key_p05", "high_key_subject"), "low_key": ("low_key_mean", "low_key_p95"),
-    "high_contrast": ("high_contrast_spread", "high_contrast_p01", "high_contrast_clip"),
-    "low_contrast": ("low_contrast_spread", "low_contrast_p99", "low_contrast_p01"),
-    "vignette": ("vignette_strength", "vignette_spread"),
+    "high_key": ("high_key",), "low_key": ("low_key",), "saturated": ("saturated", "saturated_chroma"),
+    "low_contrast": ("low_contrast_spread", "low_contrast_dark", "low_contrast_bright", "low_contrast_frame"),
+    "vignette": ("vignette", "vignette_fit"),
     "shallow_dof": ("dof_subject",),
 }
 
@@ -107,7 +104,7 @@ def _all(*probs: float) -> float:
 
 def _derived(f: dict[str, float]) -> dict[str, float]:
     g = dict(f)
-    g["spread"] = f["lum_p99"] - f["lum_p01"]
+    g["subj_spread"] = f["subj_p98"] - f["subj_p02"]
     return g
 
 
@@ -118,32 +115,38 @@ def classify(f: dict[str, float]) -> dict[str, float]:
     shares = {name: g[f"bg_{name}"] for name in COLOURS}
     dominant = max(shares, key=shares.get)
     textured = not g["bg_texture"] < COLOUR_TEXTURE_LIMIT  # NaN counts as textured
+    # In a low-key, high-contrast or vignetted frame a dark table crushed to black and a black
+    # backdrop look alike, in a high-key frame a light table blown to white and a white
+    # backdrop: the dominant class is then "cannot tell" unless the border is plain.
+    crushed = (g["subj_p98"] < THRESHOLDS["low_key"][1] or g["subj_p02"] < THRESHOLDS["high_contrast_dark"][1]
+               or _test(g, "vignette") >= 0.5)
+    blown = g["subj_p10"] > THRESHOLDS["high_key"][1]
     for name, share in shares.items():
         p = _sig(share, THRESHOLDS["colour"][1], THRESHOLDS["colour"][2])
         # Nearly the whole border in one class is that colour, texture or not: a noisy,
         # JPEG-compressed black backdrop on a small image measures as "textured".
-        # But in a low-key frame a darkened table and a black backdrop look alike: cannot tell.
-        solid = share >= SOLID_SHARE and not (name == "black" and g["lum_mean"] < THRESHOLDS["low_key_mean"][1])
+        solid = share >= SOLID_SHARE and not (name == "black" and crushed) and not (name == "white" and blown)
         out[name] = float("nan") if textured and name == dominant and not solid else p
     out["plain"] = _test(g, "plain")
-    for label in ("warm", "cool", "green_tint", "magenta", "saturated", "desaturated"):
+    for label in ("warm", "cool", "green_tint", "magenta", "desaturated"):
         out[label] = _test(g, label)
     for label, keys in COMPOUND.items():
         out[label] = _all(*(_test(g, k) for k in keys))
+    # A contrast curve shows as crushed shadows in the subject, or as a subject spanning
+    # nearly the whole tonal range (a light dish under the curve keeps its shadows above black).
+    out["high_contrast"] = _all(max(_test(g, "high_contrast_dark"), _test(g, "high_contrast_spread")),
+                                _test(g, "high_contrast_bright"))
     # Blur relative to the in-focus subject: confidently shallow well under dof_blurred,
     # confidently not well over dof_sharp, "cannot tell" in between (a soft texture and a
     # blurred one look alike there) and on a plain backdrop (nothing a lens could blur).
     blurred, sharp = _test(g, "dof_blurred"), _test(g, "dof_sharp")
     ratio_p = blurred if blurred >= 0.5 or math.isnan(blurred) else max(blurred, min(0.5, sharp))
     out["shallow_dof"] = _all(out["shallow_dof"], ratio_p)
-    if not out["plain"] <= 0.1:
+    if not out["plain"] <= 0.1 or not out["low_key"] <= 0.1:
+        # Nothing a lens could blur, or a background so dark its detail is under the noise.
         out["shallow_dof"] = float("nan")
-    if out["high_contrast"] >= 0.5:
+    if not out["high_contrast"] <= 0.1:
         out["saturated"] = float("nan")  # a contrast curve saturates colours too
-    if g["border_lum"] < DARK_SURROUND:
-        # A bright plate on a dark surface is contrast by arrangement; whether a grade added
-        # more cannot be told from the histogram.
-        out["high_contrast"] = float("nan")
     return out
 
 
@@ -158,10 +161,12 @@ def describe(f: dict[str, float]) -> dict[str, str]:
     share_at = THRESHOLDS["colour"][1]
     out = {name: f"share of {name} border pixels {g[f'bg_{name}']:.2f} >= {share_at:.2f} (border texture "
                  f"{g['bg_texture']:.3f} < {COLOUR_TEXTURE_LIMIT:.3f} or share >= {SOLID_SHARE:.2f})" for name in COLOURS}
-    for label in ("plain", "warm", "cool", "green_tint", "magenta", "saturated", "desaturated"):
+    for label in ("plain", "warm", "cool", "green_tint", "magenta", "desaturated"):
         out[label] = one(label)
     for label, keys in COMPOUND.items():
         out[label] = ", ".join(one(k) for k in keys)
+    out["high_contrast"] = (f"{one('high_contrast_dark')} or {one('high_contrast_spread')}, "
+                            f"{one('high_contrast_bright')}")
     out["shallow_dof"] += f", {one('dof_blurred')}"
     return out
 
