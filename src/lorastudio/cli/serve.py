@@ -54,7 +54,8 @@ def default_model() -> str:
               type=click.Path(file_okay=False, path_type=Path), help="Outputs, uploads, adapters, the SQLite store.")
 @click.option("--db", default=None, help="Job store URL (default: SQLite under --data; postgresql+psycopg://... to scale out).")
 @click.option("--model", default=None, help="Base model: diffusers folder or hub id. Default: the shipped toy model.")
-@click.option("--family", default=None, type=click.Choice(["sd15", "sd2", "sdxl"]), help="Model family (default: read from the model).")
+@click.option("--family", default=None, type=click.Choice(["sd15", "sd2", "sdxl", "flux"]),
+              help="Model family (default: read from the model; a Flux folder's variant too: dev or schnell).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(0, 64), help="Worker processes on the CPU / one device.")
 @click.option("--devices", default=None, help="One worker per device, e.g. cuda:0,cuda:1 (overrides --workers).")
 @click.option("--allow-host", "allow_hosts", multiple=True, help="Extra Host header value to answer for (a proxy's name).")
@@ -87,9 +88,13 @@ def command(host: str, port: int, data_dir: Path, db: str | None, model: str | N
     if not fake_workers:
         model = model or default_model()
         if family is None:
-            from lorastudio.evaluation.loading import resolve_family
+            from lorastudio.evaluation.loading import LoadError, resolve_family
 
-            family = "sdxl" if resolve_family(model, "auto") == "sdxl" else "sd15"
+            try:
+                found = resolve_family(model, "auto")
+            except LoadError as exc:
+                raise click.ClickException(str(exc)) from None
+            family = {"sd": "sd15"}.get(found, found)
     settings = Settings(data_dir=data_dir, db_url=db_url, host=host, port=port, model=model or "",
                         family=family or "sd15", workers=workers,
                         devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else [],

@@ -163,24 +163,31 @@ def _split_columns(up_rows: list[Any]) -> list[Any] | None:
     return used
 
 
-def from_bfl(path: str, down: Any, up: Any, alpha: float) -> list[LoraModule]:
-    """Split one BFL-named transformer LoRA into diffusers modules with the same per-slice ΔW."""
+def bfl_targets(path: str) -> tuple[str, tuple[str, ...]]:
+    """(diffusers block prefix, diffusers paths inside it) one BFL-named module feeds; >1 path = fused."""
     m = re.fullmatch(r"(double_blocks|single_blocks)\.(\d+)\.(.+)", path)
     if not m:
         top = {bfl: diff for diff, bfl in TOP_PLAIN.items()}
         if path not in top:
             raise FluxLoraError(f"{path}: not a FLUX.1 module name")
-        diff = top[path]
-        return [LoraModule("unet", diff, down, up if diff not in SWAPPED else _swap_halves(up), alpha)]
+        return "", (top[path],)
     single, i, rel = m[1] == "single_blocks", m[2], m[3]
     plain, fused = (SINGLE_PLAIN, SINGLE_FUSED) if single else (DOUBLE_PLAIN, DOUBLE_FUSED)
     block = f"{'single_transformer_blocks' if single else 'transformer_blocks'}.{i}."
     reverse = {bfl: diff for diff, bfl in plain.items()}
     if rel in reverse:
-        return [LoraModule("unet", block + reverse[rel], down, up, alpha)]
+        return block, (reverse[rel],)
     if rel not in fused:
         raise FluxLoraError(f"{path}: not a FLUX.1 module name")
-    parts = fused[rel]
+    return block, fused[rel]
+
+
+def from_bfl(path: str, down: Any, up: Any, alpha: float) -> list[LoraModule]:
+    """Split one BFL-named transformer LoRA into diffusers modules with the same per-slice ΔW."""
+    block, parts = bfl_targets(path)
+    if len(parts) == 1:
+        up = _swap_halves(up) if parts[0] in SWAPPED and not block else up
+        return [LoraModule("unet", block + parts[0], down, up, alpha)]
     unit = up.shape[0] // (3 if len(parts) == 3 else 3 + MLP_RATIO)
     sizes = [unit] * 3 if len(parts) == 3 else [unit] * 3 + [unit * MLP_RATIO]
     starts = [sum(sizes[:k]) for k in range(len(sizes))]
@@ -313,6 +320,7 @@ class ImportReport:
     stored_modules: int
     modules: int
     by_component: dict[str, int] = field(default_factory=dict)
+    width: int | None = None  # hidden width of the transformer's q projections (header_report)
 
     def line(self) -> str:
         """One line for the terminal."""
@@ -464,6 +472,47 @@ def read_flux_file(path: Path | str) -> tuple[list[LoraModule], ImportReport, di
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     modules, report = parse_flux_lora(tensors, metadata)
     return modules, report, metadata
+
+
+_HIDDEN_INPUTS = ("attn.to_q", "attn.add_q_proj")  # take the transformer's hidden width as input
+
+
+def header_report(shapes: dict[str, Sequence[int]], metadata: dict[str, str] | None = None) -> ImportReport:
+    """The reader's key mapping over a file header alone (no tensor is read, no torch).
+
+    Same layouts and the same FluxLoraError on unmapped keys as `parse_flux_lora`; a fused
+    module counts as all its parts (a block-diagonal up with an empty slice loads one fewer).
+    `width` is the hidden width the q projections expect, to compare with the served model.
+    """
+    used: set[str] = set()
+    unmapped: list[str] = []
+    layouts: Counter[str] = Counter()
+    components: Counter[str] = Counter()
+    width = None
+    stems = _stems(shapes)
+    for stem, down_sfx, up_sfx in stems:
+        kind = _classify(stem)
+        naming, _, path = kind[2].partition(":") if kind else ("", "", "")
+        try:
+            parts = bfl_targets(path)[1] if naming == "bfl" else (path,) if kind else ()
+        except FluxLoraError:
+            parts = ()
+        if not parts:
+            unmapped.append(stem + down_sfx)
+            continue
+        layout, component, _ = kind
+        used.update({stem + down_sfx, stem + up_sfx, stem + ".alpha"})
+        layouts[layout] += 1
+        components[_component_prefix(component)] += len(parts)
+        if component == "unet" and any(p.endswith(_HIDDEN_INPUTS) for p in parts):
+            width = width or int(shapes[stem + down_sfx][1])
+    unmapped += sorted(set(shapes) - used - set(unmapped))
+    if unmapped:
+        raise FluxLoraError(f"{len(unmapped)} key(s) map to no FLUX.1 module (nothing loaded): {', '.join(unmapped[:4])}")
+    if not stems:
+        raise FluxLoraError("the file holds no LoRA modules")
+    return ImportReport(layouts.most_common(1)[0][0], len(shapes), len(stems), sum(components.values()),
+                        dict(components), width)
 
 
 def looks_like_flux(keys: Sequence[str]) -> bool:

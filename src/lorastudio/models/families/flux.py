@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import torch
 
 T5_LENGTHS = {"dev": 512, "schnell": 256}
+# What the variants are deployed with (BFL's model cards); the server's defaults per request.
+PIPELINE_DEFAULTS = {"dev": {"steps": 28, "guidance": 3.5}, "schnell": {"steps": 4, "guidance": 0.0}}
 CLIP_LENGTH = 77
 
 # Paths relative to one block. The attn preset is diffusers' train_dreambooth_lora_flux.py

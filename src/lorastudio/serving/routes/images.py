@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from lorastudio.serving.files import read_content, store_bytes
 from lorastudio.serving.http import ApiError, Caller, admit, not_found, require
 from lorastudio.serving.schemas import EditFields, GenerationBody, parse_size
+from lorastudio.serving.served import request_defaults, served_model
 from lorastudio.serving.store import TERMINAL
 from lorastudio.serving.uploads import MAX_IMAGE_BYTES, UploadError, clean_photo
 
@@ -104,10 +105,15 @@ async def wait_for(request: Request, job_id: str, timeout: float):
 
 @router.post("/v1/images/generations")
 async def generations(body: GenerationBody, request: Request, caller: Caller = Depends(require("generate"))):
-    """Text-to-image (OpenAI images API compatible)."""
+    """Text-to-image (OpenAI images API compatible); unset steps/guidance take the served model's defaults."""
     width, height = parse_size(body.size)
+    settings = request.app.state.settings
+    served = served_model(settings.model, settings.family)
+    if width % served.size_multiple or height % served.size_multiple:
+        raise ApiError(422, "invalid_request", f"size must be multiples of {served.size_multiple} for {served.family}")
+    steps, guidance = request_defaults(body.model_fields_set, body.steps, body.guidance, served)
     params = {"prompt": body.prompt, "negative_prompt": body.negative_prompt, "n": body.n, "width": width,
-              "height": height, "steps": body.steps, "guidance": body.guidance,
+              "height": height, "steps": steps, "guidance": guidance,
               "seed": body.seed if body.seed is not None else int.from_bytes(__import__("os").urandom(4), "big"),
               "loras": await run_in_threadpool(_check_loras, request, body.loras)}
     job = await _submit(request, caller, "generate", params, body)
@@ -144,9 +150,11 @@ async def edits(request: Request, image: UploadFile = File(...), prompt: str = F
     except UploadError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
     settings = request.app.state.settings
+    steps, guidance = request_defaults(body.model_fields_set, body.steps, body.guidance,
+                                       served_model(settings.model, settings.family))
     sha = await run_in_threadpool(store_bytes, settings.data_dir, "inputs", clean.png, "png")
     params = {"prompt": body.prompt, "negative_prompt": body.negative_prompt, "image": sha, "strength": body.strength,
-              "steps": body.steps, "guidance": body.guidance, "control": body.control, "resolution": body.resolution,
+              "steps": steps, "guidance": guidance, "control": body.control, "resolution": body.resolution,
               "seed": body.seed if body.seed is not None else 0,
               "loras": await run_in_threadpool(_check_loras, request, body.loras)}
     job = await _submit(request, caller, "enhance", params, body)
