@@ -171,7 +171,7 @@ def score(pipe, seeds: int, steps: int) -> dict[str, float]:
 
 
 def main() -> None:
-    """Build the three datasets, train three LoRAs, score base + LoRAs, print the table."""
+    """Build the datasets, train and score each chosen arm after the base model, print the table."""
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,6 +181,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600, help="LoRA training steps (same for a, b, c).")
     ap.add_argument("--sample-steps", type=int, default=15)
     ap.add_argument("--arms", default="a,b,c,d,e,f", help="Comma list of arms; d, e, f each train _a (trigger+subject) and _b (golden).")
+    ap.add_argument("--no-base", action="store_true", help="Do not score the base model (a second process scoring other arms).")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = args.base or shipped_base_dir()
@@ -201,12 +202,16 @@ def main() -> None:
         plan[f"{arm}_a"] = (ds_a, arm_reg, METHOD_ARMS[arm])
         plan[f"{arm}_b"] = (ds_b, arm_reg, METHOD_ARMS[arm])
     chosen = [name for name in plan if name.split("_")[0] in arms]
-    trained = {name: train(name, base, *plan[name][:2], args.out, args.steps, plan[name][2]) for name in chosen}
     results = {}
-    for name in ("base", *chosen):
+    # Train and score one arm at a time, writing results.json after each, so a run cut short
+    # still leaves every finished arm's rates.
+    for name in ([] if args.no_base else ["base"]) + chosen:
+        trained = None if name == "base" else train(name, base, *plan[name][:2], args.out, args.steps, plan[name][2])
         print(f"scoring {name}: {2 * len(HELD_OUT) * len(DISHES) * args.seeds} images ({time.time() - start:.0f} s so far)", flush=True)
-        results[name] = score(load_model(base, name, trained.get(name)), args.seeds, args.sample_steps)
-    n = results["base"]["n"]
+        results[name] = score(load_model(base, name, trained), args.seeds, args.sample_steps)
+        print(f"  {name}: " + ", ".join(f"{k} {_rate(results[name][k], results[name]['n'])}" for k in ("leak", "style", "follow", "bleed")), flush=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    n = next(iter(results.values()))["n"]
     half = 1.96 * math.sqrt(0.25 / n)
     print(f"\nstyle contamination, {n} images per rate ({args.seeds} seeds x 4 backgrounds x 3 dishes); "
           f"95% interval of a rate <= +-{half:.0%}; LoRA steps {args.steps}; wall {time.time() - start:.0f} s")
@@ -217,7 +222,6 @@ def main() -> None:
     for name, r in results.items():
         cells = " ".join(f"{_rate(r[k], r['n']):>12}" for k in ("leak", "style", "follow", "bleed"))
         print(f"{labels[name]:26} {cells}")
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 def wilson(rate: float, n: int) -> tuple[float, float]:

@@ -14,7 +14,14 @@ does every step and lorastudio does not:
 Printed: median s/step over --steps after --warmup, optimizer memory (AdamW moments + the
 gradient of what it optimizes), the base rows' bit-identity after the steps, and both ratios.
 
+`--dreambooth` instead runs `lorastudio train` twice on the same model, data and settings
+(512 px, batch 1, fp32, lr 1e-4, grad clip 1.0, latents cached, no class images): method lora
+(rank 4, attention layers, as benchmarks/train_step.py) and method dreambooth (the full UNet in
+AdamW), each step clocked by example_timer.py, and prints s/step, CPU s/step and the peak RSS
+of each (the final checkpoint and export are written, then deleted).
+
     python benchmarks/train_step_ti.py [--res 512] [--steps 3] [--warmup 1]
+    python benchmarks/train_step_ti.py --dreambooth [--res 512] [--steps 3] [--warmup 2]
 """
 
 from __future__ import annotations
@@ -82,6 +89,9 @@ def run(kind: str, res: int, steps: int, warmup: int) -> dict:
     from lorastudio.models.embeddings import add_trigger, init_rows
 
     unet, vae, te, tok, sched = load(ensure_model())
+    table_rows = te.get_input_embeddings().weight.shape[0]
+    if len(tok) < table_rows:  # the built model ships a small tokenizer beside SD1.5's 49,408-row table
+        tok.add_tokens([f"<pad{i}>" for i in range(table_rows - len(tok))])
     gen = torch.Generator().manual_seed(0)
     image = torch.rand((1, 3, res, res), generator=gen) * 2 - 1
     base_rows = te.get_input_embeddings().weight.detach().clone()
@@ -123,6 +133,53 @@ def run(kind: str, res: int, steps: int, warmup: int) -> dict:
             "base_rows_identical": bool(torch.equal(after, base_rows))}
 
 
+def run_method(method: str, res: int, steps: int, warmup: int) -> dict:
+    """`lorastudio train` with `method` in a subprocess, each step clocked; the run dir is removed after."""
+    import shutil
+    import sys
+
+    import yaml
+    from train_step import ensure_dataset, run_measured, step_figures
+
+    run_dir, cache = ROOT / f"run-{method}{res}", ROOT / f"cache-{method}{res}"
+    cfg = {
+        "model": {"family": "sd15", "path": str(ensure_model())},
+        "data": {"datasets": [str(ensure_dataset(res))]},
+        "network": {"rank": 4, "alpha": 4.0, "targets": "attn"},
+        "train": {"method": method, "max_steps": warmup + steps, "batch_size": 1, "lr": 1e-4, "cache": "disk",
+                  "cache_dir": str(cache), "max_grad_norm": 1.0, "mixed_precision": "no"},
+        "sample": {"at_start": False, "prompts": []},
+        "save": {"every_n_steps": None, "formats": ["kohya"], "keep_last": 1},
+        "output_dir": str(run_dir),
+        "logging": {"every_n_steps": 1, "tensorboard": False},
+    }
+    if method == "dreambooth":
+        cfg["dreambooth"] = {"single_file": False, "export_dtype": "float16"}
+    cfg_path = ROOT / f"bench-{method}{res}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    timer = str(Path(__file__).with_name("example_timer.py"))
+    try:
+        proc, share = run_measured([sys.executable, timer, "--lorastudio", "train", str(cfg_path), "--no-progress", "--skip-audit"])
+        if proc.returncode != 0:
+            raise SystemExit(f"lorastudio train ({method}) failed:\n{proc.stderr[-3000:]}")
+        return {**step_figures(proc.stdout, warmup, steps, f"lorastudio train ({method})"), "cpu_share": share}
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def dreambooth_vs_lora(res: int, steps: int, warmup: int) -> None:
+    """DreamBooth's s/step and peak RSS beside the LoRA run's, measured one after the other."""
+    results = {method: run_method(method, res, steps, warmup) for method in ("lora", "dreambooth")}
+    print(f"\nlorastudio train, SD1.5 size, {res} px, batch 1, fp32; median of {steps} steps after {warmup} warm-up")
+    for method, r in results.items():
+        print(f"{method:11} {r['s_per_step']:8.2f} s/step ({r['cpu_s_per_step']:6.2f} CPU s)  peak RSS {r['peak_rss_gb']:6.2f} GB"
+              f"  (CPU share {100 * r['cpu_share']:.0f}%)")
+    lora, db = results["lora"], results["dreambooth"]
+    print(f"dreambooth / lora: {db['s_per_step'] / lora['s_per_step']:.2f}x the step time "
+          f"({db['cpu_s_per_step'] / lora['cpu_s_per_step']:.2f}x CPU time), {db['peak_rss_gb'] / lora['peak_rss_gb']:.2f}x the peak RSS")
+
+
 def main() -> None:
     import torch
 
@@ -130,8 +187,12 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=512)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--dreambooth", action="store_true", help="time lorastudio train with method dreambooth beside method lora")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.dreambooth:
+        dreambooth_vs_lora(args.res, args.steps, args.warmup)
+        return
     results = {kind: run(kind, args.res, args.steps, args.warmup) for kind in ("lorastudio", "reference")}
     ours, ref = results["lorastudio"], results["reference"]
     print(f"\nTI step, SD1.5 size, {args.res} px, batch 1, fp32, {torch.get_num_threads()} threads; median of {args.steps} steps after {args.warmup} warm-up")

@@ -39,6 +39,7 @@ class LoraSpec:
     name: str
     embeddings: tuple[Path, ...] = ()  # trigger embeddings loaded with it (TI / pivotal), named after each file
     has_lora: bool = True  # False for a TI-only embedding
+    triggers: tuple[str, ...] = ()  # each embedding's prompt word when not its file stem (the server's stored files)
 
 
 def parse_lora_arg(text: str) -> tuple[str, float]:
@@ -315,8 +316,8 @@ def apply_loras(pipe: Any, specs: list[LoraSpec]) -> None:
     loaded: list[str] = []
     with tempfile.TemporaryDirectory(prefix="lorastudio-lora-") as scratch:
         for spec in specs:
-            for embedding in spec.embeddings:
-                load_embeddings_file(pipe, embedding)
+            for i, embedding in enumerate(spec.embeddings):
+                load_embeddings_file(pipe, embedding, spec.triggers[i] if spec.triggers else None)
             if not spec.has_lora:
                 continue
             path = _loadable_file(pipe, _without_bundle(pipe, spec, Path(scratch)), Path(scratch))

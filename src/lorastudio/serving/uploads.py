@@ -136,6 +136,7 @@ class LoraInfo:
     family: str
     format: str
     modules: int
+    coverage: str = ""  # the importer's one-line report (Flux)
 
 
 def base_cross_attention(model: str) -> int | None:
@@ -150,6 +151,47 @@ def base_cross_attention(model: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def base_width(model: str) -> int | None:
+    """The width a served model's LoRAs must match: the UNet's cross-attention width, or a Flux
+    transformer's hidden width (heads x head dim); None when there is no local config."""
+    import json
+
+    config = Path(model) / "transformer" / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return base_cross_attention(model)
+    width = data.get("num_attention_heads", 0) * data.get("attention_head_dim", 0)
+    return width if isinstance(width, int) and width > 0 else None
+
+
+def _inspect_flux(header, base_family: str, base_width: int | None) -> LoraInfo:  # noqa: ANN001
+    """A FLUX.1 LoRA: every key must map to a module (the importer's rules), the width must fit."""
+    from lorastudio.models.flux_formats import FluxLoraError, header_report
+
+    if base_family != "flux":
+        raise UploadError(422, "lora_family_mismatch", f"this LoRA is for flux and the served base model is {base_family}")
+    try:
+        report = header_report({k: v.shape for k, v in header.tensors.items()}, header.metadata)
+    except FluxLoraError as exc:
+        raise UploadError(422, "unsupported_lora", f"not a LoRA this FLUX.1 server can apply: {exc}") from None
+    if base_width is not None and report.width is not None and report.width != base_width:
+        raise UploadError(422, "lora_model_mismatch", f"this LoRA expects a FLUX transformer of width {report.width}; "
+                          f"the served base model has {base_width} (it was made for another base model)")
+    return LoraInfo("flux", report.layout, report.modules, report.line())
+
+
+def _unet_family(keys: list[str], metadata: dict[str, str]) -> str | None:
+    """sd15 / sd2 / sdxl for a LoRA with UNet keys (kohya or diffusers), None when it has none."""
+    from lorastudio.models.kohya_keys import guess_family
+
+    if any(k.startswith("lora_unet_") for k in keys):
+        return guess_family([k.split(".", 1)[0] for k in keys], metadata)
+    if any(k.startswith("unet.") for k in keys):
+        return "sdxl" if any(k.startswith("text_encoder_2.") for k in keys) else "sd15"
+    return None
+
+
 def _lora_cross_attention(shapes: dict[str, tuple[int, ...]]) -> int | None:
     for key, shape in shapes.items():
         down = key.endswith((".lora_down.weight", ".lora_A.weight", ".lora.down.weight", "_lora.down.weight"))
@@ -161,9 +203,12 @@ def _lora_cross_attention(shapes: dict[str, tuple[int, ...]]) -> int | None:
 def inspect_lora(path: Path, base_family: str, base_width: int | None = None) -> LoraInfo:
     """Check an uploaded adapter file without loading a tensor (no torch in the API process).
 
-    `base_width` is the served UNet's cross-attention width: a LoRA whose cross-attention
-    projections expect another width was made for another base model.
+    `base_width` is the served UNet's cross-attention width (Flux: the transformer's hidden
+    width, see `base_width`): a LoRA whose projections expect another width was made for
+    another base model. A Flux LoRA goes through the Flux importer's key mapping (every
+    layout it reads; unmapped keys refused) and reports its coverage.
     """
+    from lorastudio.models.flux_formats import looks_like_flux
     from lorastudio.models.kohya_keys import guess_family
     from lorastudio.models.lora_formats import COMPONENT_PREFIXES, detect_format
     from lorastudio.models.weights_file import WeightsFileError, read_header
@@ -172,6 +217,13 @@ def inspect_lora(path: Path, base_family: str, base_width: int | None = None) ->
         header = read_header(path)
     except WeightsFileError as exc:
         raise UploadError(422, "not_safetensors", str(exc).split(": ", 1)[-1]) from None
+    if looks_like_flux(list(header.tensors)):
+        return _inspect_flux(header, base_family, base_width)
+    if base_family == "flux":
+        unet_family = _unet_family(list(header.tensors), header.metadata)
+        if unet_family is not None:
+            raise UploadError(422, "lora_family_mismatch", f"this LoRA is for {unet_family} and the served base model is flux")
+        return _inspect_flux(header, base_family, base_width)  # CLIP-only or unknown keys: the importer decides
     shapes = {k: v.shape for k, v in header.tensors.items()}
     fmt = detect_format(header.tensors, shapes, header.metadata)
     if not (fmt.readable or fmt.diffusers_loads) or fmt.name == "unknown":

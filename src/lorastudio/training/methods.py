@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,14 +66,12 @@ def pivot_step(cfg: TrainConfig, total_steps: int) -> int:
 
 def check(cfg: TrainConfig, items: list[Item], warn: Any) -> None:
     """Refuse what would fail later, before any model loads: trigger in the vocabulary,
-    trigger absent from every caption, DDP with a method that does not support it."""
+    trigger absent from every caption."""
     method = cfg.train.method
     if method == "lora":
         return
     if cfg.model.family not in ("sd15", "sd2", "sdxl"):
         raise MethodError(f"train.method={method} supports model.family sd15, sd2 and sdxl, not {cfg.model.family}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise MethodError(f"train.method={method} runs in one process; drop --num-processes")
     if method in ("ti", "pivotal"):
         _check_trigger(cfg, items, warn)
 
@@ -182,6 +179,45 @@ def param_groups(cfg: TrainConfig, params: dict[str, Any]) -> list[dict[str, Any
     if text:
         groups.append({"params": text, "lr": cfg.dreambooth.text_encoder_lr or cfg.train.lr})
     return groups
+
+
+def ddp_wraps(cfg: TrainConfig, num_processes: int) -> bool:
+    """Whether the recipe wraps the UNet in DDP: plain LoRA, or any method in one process.
+
+    With several processes the other methods are not wrapped: TI's vectors live in the text
+    encoders, pivotal's LoRA joins the trained set only at the pivot (DDP fixes that set when
+    it wraps), and DreamBooth may train the text encoders; `average_gradients` does DDP's
+    all-reduce for them instead, once per optimizer step.
+    """
+    return cfg.train.method == "lora" or num_processes == 1
+
+
+def average_gradients(cfg: TrainConfig, params: list[Any], num_processes: int) -> None:
+    """Average the trainable gradients across processes, so every process takes the same step.
+
+    A parameter that got no gradient on some process (a batch there without the trigger)
+    counts as zero there; one that got none anywhere keeps None, as in one process.
+    """
+    if ddp_wraps(cfg, num_processes):
+        return
+    import torch
+    import torch.distributed as dist
+
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        return
+    present = torch.tensor([float(p.grad is not None) for p in trainable], device=trainable[0].device)
+    dist.all_reduce(present, op=dist.ReduceOp.MAX)
+    grads = []
+    for p, anywhere in zip(trainable, present.tolist(), strict=True):
+        if anywhere and p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if anywhere:
+            grads.append(p.grad)
+    for handle in [dist.all_reduce(g, async_op=True) for g in grads]:
+        handle.wait()
+    for g in grads:
+        g.div_(num_processes)
 
 
 def captions(cfg: TrainConfig, texts: list[str]) -> list[str]:

@@ -146,8 +146,9 @@ def setup(cfg: TrainConfig, items: list[Item], accelerator: Any, *, show_progres
     total = cfg.train.max_steps or math.ceil(cfg.train.epochs * len(sampler) / cfg.train.grad_accum)
     optimizer = build_optimizer(methods.param_groups(cfg, params), cfg.train)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.train, total)
-    unet = accelerator.prepare(parts.unet)
-    text_encoders = [accelerator.prepare(te) for te in parts.text_encoders] if cfg.network.train_text_encoder else parts.text_encoders
+    wrap = methods.ddp_wraps(cfg, accelerator.num_processes)
+    unet = accelerator.prepare(parts.unet) if wrap else parts.unet
+    text_encoders = [accelerator.prepare(te) for te in parts.text_encoders] if cfg.network.train_text_encoder and wrap else parts.text_encoders
     prediction_type = cfg.model.prediction_type
     if prediction_type == "auto":
         prediction_type = parts.noise_scheduler.config.get("prediction_type") or family.default_prediction_type
@@ -273,6 +274,7 @@ def train_step(session: Session) -> dict[str, float]:
         total += loss.detach()
         images += len(examples) * acc.num_processes
     params = list(session.params.values())
+    methods.average_gradients(cfg, params, acc.num_processes)
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     loss_value = float(acc.reduce(total, reduction="mean"))
