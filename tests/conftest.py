@@ -52,3 +52,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_report_header(config):  # noqa: ARG001 - pytest hook signature
+    """The browser the browser tests drive (Debian's chromium through Playwright), in the session header."""
+    import shutil
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        playwright = f"playwright {version('playwright')}"
+    except PackageNotFoundError:
+        playwright = "playwright not installed"
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return f"browser: chromium not found (browser tests skip; fail under CI=true); {playwright}"
+    try:
+        found = subprocess.run([chromium, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        found = f"version unknown ({exc})"
+    return f"browser: {found} ({chromium}); {playwright}"

@@ -1,4 +1,5 @@
-"""A large studio dataset written straight to disk (the gallery test and benchmark need 1,000+ images fast)."""
+"""Studio test data written straight to disk: a large dataset (the gallery test and benchmark need 1,000+
+images fast) and a training job with announced progress and samples (the Run page)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,65 @@ def synthetic_dataset(data_dir: Path, dataset_id: str, n: int, side: int = 128, 
     write_manifest(home, records)
     write_dataset_json(home, {"trigger": "ohwx_kfood_style", "count": n, "resolution": side})
     return home.parent
+
+
+def train_job_with_samples(store, data: Path, owner: str = "local") -> tuple[str, str]:
+    """A train job whose run wrote one sample folder, its progress announced the way the worker does."""
+    from types import SimpleNamespace
+
+    from lorastudio.serving.runners import _announce_samples
+
+    run_id = "ab" * 16
+    job, _ = store.submit("train", owner, {"run_id": run_id, "steps": 20, "lora_id": "x",
+                                            "config": {"sample": {"prompts": ["a", "b"]}}})
+    samples = data / "datasets" / run_id / "run" / "samples"
+    (samples / "step_10").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(samples / "step_10" / "00.png")
+    runner = SimpleNamespace(store=store)
+    assert _announce_samples(runner, job, samples, set()) == set()  # one of two prompts written: not yet
+    Image.new("RGB", (32, 32), (40, 200, 40)).save(samples / "step_10" / "01.png")
+    announced = _announce_samples(runner, job, samples, set())
+    assert announced == {"step_10"} and _announce_samples(runner, job, samples, announced) == announced
+    for step in (1, 2):
+        store.add_event(job.id, "step", {"step": step, "loss": 0.5 / step, "n": 20, "lr": 1e-3, "s_per_step": 0.5})
+    return job.id, run_id
+
+
+def toy_lora_bytes(out: Path, seed: int = 0) -> bytes:
+    """A random, visible rank-4 adapter for the shipped toy base model, in kohya format."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from lorastudio.models.lora import attach_lora, export_adapter, unet_target_modules
+    from lorastudio.toyworld.pretrain import shipped_base_dir
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(shipped_base_dir()))
+    torch.manual_seed(seed)
+    attach_lora(pipe.unet, rank=4, alpha=4.0, target_modules=unet_target_modules(pipe.unet, "attn"),
+                init_lora_weights=False)
+    return export_adapter(out, family="sd15", unet=pipe.unet, text_encoders=[], rank=4, alpha=4.0)["kohya"].read_bytes()
+
+
+def finished_run_with_checkpoints(store, data: Path, lora: bytes, lora_id: str = "kfood-v1") -> str:
+    """A succeeded train job whose run holds complete checkpoints at steps 10 and 20, an interrupted one
+    at 30, and an evaluation.json recommending step 10 at scale 0.8; returns the job id."""
+    import json
+    import time
+
+    run_id = "cd" * 16
+    job, _ = store.submit("train", "local", {"run_id": run_id, "lora_id": lora_id, "steps": 2})
+    end = time.time() + 60
+    while store.get(job.id).status != "succeeded":  # the (fake) worker runs it
+        assert time.time() < end, store.get(job.id).status
+        time.sleep(0.05)
+    run = data / "datasets" / run_id / "run"
+    for step in (10, 20, 30):
+        folder = run / "checkpoints" / f"step_{step}"
+        folder.mkdir(parents=True)
+        (folder / "lora.safetensors").write_bytes(lora)
+        if step != 30:
+            (folder / "COMPLETE.json").write_text("{}", encoding="utf-8")
+    (run / "evaluation.json").write_text(json.dumps({"recommendation": {
+        "checkpoint": "step_10", "step": 10, "file": "checkpoints/step_10/lora.safetensors", "scale": 0.8,
+        "reason": "best style gain without leak"}}), encoding="utf-8")
+    return job.id

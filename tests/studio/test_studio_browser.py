@@ -1,5 +1,5 @@
-"""The studio in headless Chromium (studio.md §5.4): every test also fails on a non-loopback request,
-a console error, a CSP violation or a dialog, and saves screenshots."""
+"""The studio in headless Chromium through Playwright (studio.md §5.4): every test also fails on a
+non-loopback request, a console error, a CSP violation or a dialog, and saves screenshots."""
 
 from __future__ import annotations
 
@@ -10,25 +10,26 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, Browser, LiveServer
+from browser_checks import Checked, LiveServer, cdp_metrics, click, launch, require_chromium, wait
 from studio_data import synthetic_dataset
 
 from lorastudio.serving.app import create_app
 from lorastudio.serving.http import Settings
 from lorastudio.serving.store import JobStore, default_url
 
-if CHROMIUM is None and os.environ.get("CI"):
-    pytest.fail("chromium is missing in CI: .ci/run installs it through `make setup-browser`", pytrace=False)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make setup-browser`)")
+require_chromium()
 TRIGGER = "ohwx_kfood_style"
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    chrome = Browser(tmp_path_factory.mktemp("profile"))
-    print(f"\nbrowser: {chrome.version}")
-    yield chrome
-    chrome.close()
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chrome = launch(playwright)
+        print(f"\nbrowser: chromium {chrome.version}")
+        yield chrome
+        chrome.close()
 
 
 @pytest.fixture
@@ -52,24 +53,25 @@ def live(tmp_path):
 
 
 @pytest.fixture
-def tab(browser):
-    page = browser.tab()
-    page.viewport(1280, 900)
-    yield page
-    page.close()
+def checked(browser, shots):
+    watched = Checked(browser, shots)
+    yield watched
+    watched.close()
+
+
+@pytest.fixture
+def tab(checked):
+    return checked.page()
 
 
 def _upload_photos(live, tab, photos: Path) -> None:
     """Create the toy dataset through the page's own upload form (a real multipart POST)."""
     tab.goto(live.url + "/studio")
-    tab.eval("document.getElementById('ds-id').value = 'kfood'")
-    files = [str(p) for p in sorted(photos.iterdir())]
-    node = tab.call("DOM.getDocument")["root"]["nodeId"]
-    found = tab.call("DOM.querySelector", nodeId=node, selector="#ds-files")["nodeId"]
-    tab.call("DOM.setFileInputFiles", files=files, nodeId=found)
-    tab.eval(f"document.getElementById('ds-trigger').value = '{TRIGGER}'")
-    tab.click("#upload-form button[type=submit]")
-    tab.wait("document.querySelector('#upload-result a') !== null", timeout=120)
+    tab.fill("#ds-id", "kfood")
+    tab.set_input_files("#ds-files", [str(p) for p in sorted(photos.iterdir())])
+    tab.fill("#ds-trigger", TRIGGER)
+    click(tab, "#upload-form button[type=submit]")
+    wait(tab, "document.querySelector('#upload-result a') !== null", timeout=120)
 
 
 def _sidecars(live) -> dict[str, str]:
@@ -79,186 +81,210 @@ def _sidecars(live) -> dict[str, str]:
 
 def _blur_and_wait_saved(tab, next_field: str = "slot-trigger") -> None:
     """Move focus to another slot (the autosave trigger) and wait for the version to change."""
-    before = tab.eval("document.getElementById('version').textContent")
-    tab.eval(f"document.getElementById('{next_field}').focus()")
-    tab.wait(f"document.getElementById('version').textContent !== '{before}'")
+    before = tab.evaluate("document.getElementById('version').textContent")
+    tab.evaluate(f"document.getElementById('{next_field}').focus()")
+    wait(tab, f"document.getElementById('version').textContent !== '{before}'")
 
 
-def test_gallery_with_1000_images_pages_lazily_and_caches(live, tab, shots):
+def test_gallery_with_1000_images_pages_lazily_and_caches(live, tab, checked):
     synthetic_dataset(live.data, "big", 1000)
     tab.goto(live.url + "/studio/datasets/big")
-    tab.wait("Array.from(document.images).slice(0, 24).every(i => i.complete && i.naturalWidth > 0)")
-    assert tab.eval("document.images.length") <= 200
-    tab.screenshot(shots / "gallery-desktop.png")
-    tab.call("Performance.enable")
-    heap = {m["name"]: m["value"] for m in tab.call("Performance.getMetrics")["metrics"]}
+    wait(tab, "Array.from(document.images).slice(0, 24).every(i => i.complete && i.naturalWidth > 0)")
+    assert tab.evaluate("document.images.length") <= 200
+    checked.shot(tab, "gallery-desktop")
+    heap = cdp_metrics(tab)
     assert heap["JSHeapUsedSize"] <= 50 * 1024 * 1024
     for _ in range(200):  # scrolling to the end loads every page
-        if tab.eval("document.querySelectorAll('li.cell').length") >= 1000:
+        if tab.evaluate("document.querySelectorAll('li.cell').length") >= 1000:
             break
-        tab.eval("window.scrollTo(0, document.body.scrollHeight)")
-        tab.pump(0.2)
-    assert tab.eval("document.querySelectorAll('li.cell').length") == 1000
-    tab.eval("window.scrollTo(0, 0)")
+        tab.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        tab.wait_for_timeout(200)
+    assert tab.evaluate("document.querySelectorAll('li.cell').length") == 1000
+    tab.evaluate("window.scrollTo(0, 0)")
+    session = tab.context.new_cdp_session(tab)  # the network events say where each response came from
+    events: list[tuple[str, dict]] = []
+    session.send("Network.enable")
+    for name in ("Network.requestServedFromCache", "Network.responseReceived"):
+        session.on(name, lambda params, name=name: events.append((name, params)))
     tab.goto(live.url + "/studio/datasets/big")
-    tab.wait("Array.from(document.images).slice(0, 24).every(i => i.complete && i.naturalWidth > 0)")
-    tab.pump(0.5)
-    cached = {e["params"]["requestId"] for e in tab.events if e.get("method") == "Network.requestServedFromCache"}
-    thumbs = [e["params"] for e in tab.events if e.get("method") == "Network.responseReceived"
-              and "/thumbnail" in e["params"]["response"]["url"]]
-    first = set(tab.eval("Array.from(document.images).slice(0, 24).map(i => i.src)"))
+    wait(tab, "Array.from(document.images).slice(0, 24).every(i => i.complete && i.naturalWidth > 0)")
+    tab.wait_for_timeout(500)
+    session.detach()
+    cached = {p["requestId"] for name, p in events if name == "Network.requestServedFromCache"}
+    thumbs = [p for name, p in events if name == "Network.responseReceived" and "/thumbnail" in p["response"]["url"]]
+    first = set(tab.evaluate("Array.from(document.images).slice(0, 24).map(i => i.src)"))
     thumbs = [t for t in thumbs if t["response"]["url"] in first]
     fresh = [t["response"]["url"] for t in thumbs if t["requestId"] not in cached and not t["response"].get("fromDiskCache")]
     assert len(thumbs) >= 24 and fresh == []  # a reload takes thumbnails from the browser cache
-    tab.assert_clean()
+    checked.assert_clean()
 
 
-def test_gallery_bulk_edit_preview_apply_and_undo(live, tab, shots, photos):
+def test_gallery_bulk_edit_preview_apply_and_undo(live, tab, checked, photos):
     _upload_photos(live, tab, photos)
     tab.goto(live.url + "/studio/datasets/kfood")
     before = _sidecars(live)
-    boxes = tab.eval("document.querySelectorAll('input.sel').length")
+    boxes = tab.evaluate("document.querySelectorAll('input.sel').length")
     assert boxes == len(before)
-    tab.click("li.cell:nth-child(1) input.sel")
-    tab.click("li.cell:nth-child(5) input.sel", modifiers=8)  # shift-click selects the range
-    tab.wait("document.getElementById('selected-count').textContent === '5 selected'")
-    chosen = tab.eval("Array.from(document.querySelectorAll('input.sel:checked')).map(b => b.value)")
-    tab.eval("document.getElementById('bulk-phrase').value = 'on a black background'")
-    tab.click("[data-action=preview]")
-    tab.wait("document.querySelectorAll('#diff tr').length === 5")
-    tab.screenshot(shots / "bulk-diff.png")
+    click(tab, "li.cell:nth-child(1) input.sel")
+    click(tab, "li.cell:nth-child(5) input.sel", modifiers=["Shift"])  # shift-click selects the range
+    wait(tab, "document.getElementById('selected-count').textContent === '5 selected'")
+    chosen = tab.evaluate("Array.from(document.querySelectorAll('input.sel:checked')).map(b => b.value)")
+    tab.evaluate("document.getElementById('bulk-phrase').value = 'on a black background'")
+    click(tab, "[data-action=preview]")
+    wait(tab, "document.querySelectorAll('#diff tr').length === 5")
+    checked.shot(tab, "bulk-diff")
     assert _sidecars(live) == before
-    tab.click("[data-action=apply-diff]")
-    tab.wait("document.getElementById('flash').textContent.startsWith('Applied')")
+    click(tab, "[data-action=apply-diff]")
+    wait(tab, "document.getElementById('flash').textContent.startsWith('Applied')")
     after = _sidecars(live)
     assert {n for n in before if before[n] != after[n]} == {f"{i}.txt" for i in chosen}
-    tab.pump(0.8)  # the page reloads itself
+    tab.wait_for_timeout(800)  # the page reloads itself
     tab.goto(live.url + "/studio/datasets/kfood")
-    tab.click("[data-action=undo-op]")
-    tab.wait("document.getElementById('flash').textContent.startsWith('Undone')")
+    click(tab, "[data-action=undo-op]")
+    wait(tab, "document.getElementById('flash').textContent.startsWith('Undone')")
     assert _sidecars(live) == before
-    tab.assert_clean()
+    tab.wait_for_timeout(800)
+    tab.goto(live.url + "/studio/datasets/kfood")  # reject two from training, then restore one
+    click(tab, "li.cell:nth-child(2) input.sel")
+    click(tab, "li.cell:nth-child(3) input.sel")
+    chosen_ids = tab.evaluate("Array.from(document.querySelectorAll('input.sel:checked')).map(b => b.value)")
+    click(tab, "[data-action=reject]")
+    wait(tab, "document.getElementById('flash').textContent === 'Rejected 2 image(s)'")
+    tab.wait_for_timeout(800)
+    tab.goto(live.url + "/studio/datasets/kfood")
+    assert tab.evaluate("Array.from(document.querySelectorAll('li.cell.rejected')).map(c => c.dataset.id)") == chosen_ids
+    manifest = live.data / "studio" / "datasets" / "kfood" / "dataset" / "manifest.jsonl"
+    flagged = [json.loads(line)["id"] for line in manifest.read_text().splitlines() if "rejected" in json.loads(line)["flags"]]
+    assert flagged == chosen_ids
+    checked.shot(tab, "rejected")
+    click(tab, "li.cell:nth-child(2) input.sel")
+    click(tab, "[data-action=restore]")
+    wait(tab, "document.getElementById('flash').textContent === 'Restored 1 image(s)'")
+    assert _sidecars(live) == before  # reviewing never touches a caption
+    checked.assert_clean()
 
 
-def test_caption_editor_autosaves_undoes_lints_and_detects_conflicts(live, tab, browser, shots, photos):
+def test_caption_editor_autosaves_undoes_lints_and_detects_conflicts(live, tab, checked, photos):
     _upload_photos(live, tab, photos)
-    image = json.loads(tab.eval("fetch('/v1/datasets/kfood').then(r => r.text())"))["images"][0]["id"]
+    image = json.loads(tab.evaluate("fetch('/v1/datasets/kfood').then(r => r.text())"))["images"][0]["id"]
     sidecar = live.data / "studio" / "datasets" / "kfood" / "dataset" / "images" / f"{image}.txt"
     original = sidecar.read_text(encoding="utf-8")
     url = f"{live.url}/studio/datasets/kfood/images/{image}"
     tab.goto(url)
-    tab.call("DOM.getDocument")
-    tab.eval("document.getElementById('slot-style').focus()")
-    tab.type("glossy, studio lighting")
+    tab.evaluate("document.getElementById('slot-style').focus()")
+    tab.keyboard.insert_text("glossy, studio lighting")
     _blur_and_wait_saved(tab)  # leaving the style slot autosaves
-    puts = [r for r in tab.requests if r["method"] == "PUT"]
+    puts = [url for method, url in checked.requests if method == "PUT"]
     assert len(puts) == 1 and sidecar.read_text(encoding="utf-8").strip().endswith("glossy, studio lighting")
     tab.goto(url)
-    assert tab.eval("document.getElementById('slot-style').value") == "glossy, studio lighting"
-    tab.eval("document.activeElement.blur()")
-    tab.key("z", "KeyZ", 90, modifiers=2)  # Ctrl+Z: server-side undo
-    tab.wait("document.getElementById('flash').textContent === 'Undone'")
+    assert tab.evaluate("document.getElementById('slot-style').value") == "glossy, studio lighting"
+    tab.evaluate("document.activeElement.blur()")
+    tab.keyboard.press("Control+z")  # Ctrl+Z: server-side undo
+    wait(tab, "document.getElementById('flash').textContent === 'Undone'")
     assert sidecar.read_text(encoding="utf-8") == original
-    tab.key("Z", "KeyZ", 90, modifiers=10)  # Ctrl+Shift+Z: redo
-    tab.wait("document.getElementById('flash').textContent === 'Redone'")
+    tab.keyboard.press("Control+Shift+Z")  # Ctrl+Shift+Z: redo
+    wait(tab, "document.getElementById('flash').textContent === 'Redone'")
     assert "glossy" in sidecar.read_text(encoding="utf-8")
-    tab.eval("document.getElementById('slot-subject').focus()")
-    tab.eval("document.getElementById('slot-subject').select()")
-    tab.type("a photo of 양념치킨")
-    tab.wait("document.querySelector('#lint li[data-code=hangul]') !== null")
-    tab.wait("document.getElementById('glossary').textContent.includes('yangnyeom chicken')")
-    tab.screenshot(shots / "editor-hangul.png")
+    tab.evaluate("document.getElementById('slot-subject').focus()")
+    tab.evaluate("document.getElementById('slot-subject').select()")
+    tab.keyboard.insert_text("a photo of 양념치킨")
+    wait(tab, "document.querySelector('#lint li[data-code=hangul]') !== null")
+    wait(tab, "document.getElementById('glossary').textContent.includes('yangnyeom chicken')")
+    checked.shot(tab, "editor-hangul")
     _blur_and_wait_saved(tab, "slot-objective")
-    other = browser.tab()  # a second tab loaded now, then the first one saves first
+    checked.allow.add(409)  # the conflict below is the point: its 409 is shown as a dialog, not a fault
+    other = checked.page()  # a second tab loaded now, then the first one saves first
     try:
         other.goto(url)
-        tab.eval("document.getElementById('slot-style').focus()")
-        tab.type(", warm")
+        tab.evaluate("document.getElementById('slot-style').focus()")
+        tab.keyboard.insert_text(", warm")
         _blur_and_wait_saved(tab)
         saved = sidecar.read_text(encoding="utf-8")
-        other.eval("document.getElementById('slot-style').focus()")
-        other.type(", matte")
-        other.eval("document.getElementById('slot-trigger').focus()")
-        other.wait("document.getElementById('conflict').open")
-        other.screenshot(shots / "editor-conflict.png")
+        other.evaluate("document.getElementById('slot-style').focus()")
+        other.keyboard.insert_text(", matte")
+        other.evaluate("document.getElementById('slot-trigger').focus()")
+        wait(other, "document.getElementById('conflict').open")
+        checked.shot(other, "editor-conflict")
         assert sidecar.read_text(encoding="utf-8") == saved  # no silent overwrite
-        other.assert_clean()
+        checked.assert_clean()
     finally:
         other.close()
-    tab.eval("document.getElementById('slot-subject').focus()")
-    tab.eval("document.getElementById('slot-subject').select()")
-    tab.type("<img src=x onerror=alert(1)>")
+    tab.evaluate("document.getElementById('slot-subject').focus()")
+    tab.evaluate("document.getElementById('slot-subject').select()")
+    tab.keyboard.insert_text("<img src=x onerror=alert(1)>")
     _blur_and_wait_saved(tab)
     tab.goto(f"{live.url}/studio/datasets/kfood")
-    assert tab.eval("document.body.textContent.includes('<img src=x onerror=alert(1)>')")
-    assert tab.eval("document.querySelectorAll('img[src=x]').length") == 0
+    assert tab.evaluate("document.body.textContent.includes('<img src=x onerror=alert(1)>')")
+    assert tab.evaluate("document.querySelectorAll('img[src=x]').length") == 0
     tab.goto(url)
-    tab.key("j", "KeyJ", 74)
-    tab.wait(f"location.pathname !== '/studio/datasets/kfood/images/{image}'")
-    tab.assert_clean()  # also: no dialog ever opened
+    tab.keyboard.press("j")
+    wait(tab, f"location.pathname !== '/studio/datasets/kfood/images/{image}'")
+    checked.assert_clean()  # also: no dialog ever opened
 
 
-def test_contamination_page_shows_the_confounder_and_applies_the_fix(live, tab, shots, photos):
+def test_contamination_page_shows_the_confounder_and_applies_the_fix(live, tab, checked, photos):
     _upload_photos(live, tab, photos)
     tab.goto(live.url + "/studio/datasets/kfood/audit")
-    tab.click("[data-action=run-audit]")
-    tab.wait("document.querySelector('tr[data-attr=\"black background\"]') !== null", timeout=120)
-    row = tab.eval("Array.from(document.querySelectorAll('tr[data-attr=\"black background\"] td')).map(t => t.textContent.trim())")
+    click(tab, "[data-action=run-audit]")
+    wait(tab, "document.querySelector('tr[data-attr=\"black background\"]') !== null", timeout=120)
+    row = tab.evaluate("Array.from(document.querySelectorAll('tr[data-attr=\"black background\"] td')).map(t => t.textContent.trim())")
     assert int(row[1].split()[0]) >= 90 and row[2] == "0 %" and row[4] == "contaminant"
-    tab.screenshot(shots / "contamination.png")
-    tab.click("tr[data-attr=\"black background\"] a")
-    tab.wait("location.search.includes('attr')")
-    shown = tab.eval("document.querySelectorAll('li.cell').length")
+    checked.shot(tab, "contamination")
+    click(tab, "tr[data-attr=\"black background\"] a")
+    wait(tab, "location.search.includes('attr')")
+    shown = tab.evaluate("document.querySelectorAll('li.cell').length")
     assert shown >= 0.9 * len(_sidecars(live))
     before = _sidecars(live)
     tab.goto(live.url + "/studio/datasets/kfood/audit")
-    tab.click("[data-action=fix-preview]")
-    tab.wait("document.querySelectorAll('#diff tr').length > 0")
-    assert tab.eval("document.querySelectorAll('#diff tr').length") == shown
-    tab.click("[data-action=apply-diff]")
-    tab.wait("document.querySelector('tr[data-attr=\"black background\"] td:nth-child(3)') !== null && "
+    click(tab, "[data-action=fix-preview]")
+    wait(tab, "document.querySelectorAll('#diff tr').length > 0")
+    assert tab.evaluate("document.querySelectorAll('#diff tr').length") == shown
+    click(tab, "[data-action=apply-diff]")
+    wait(tab, "document.querySelector('tr[data-attr=\"black background\"] td:nth-child(3)') !== null && "
              "document.querySelector('tr[data-attr=\"black background\"] td:nth-child(3)').textContent.trim() === '100 %'",
              timeout=120)
-    tab.click("[data-action=undo-op]")
-    tab.wait("document.querySelector('tr[data-attr=\"black background\"] td:nth-child(3)').textContent.trim() === '0 %'",
+    click(tab, "[data-action=undo-op]")
+    wait(tab, "document.querySelector('tr[data-attr=\"black background\"] td:nth-child(3)').textContent.trim() === '0 %'",
              timeout=120)
     assert _sidecars(live) == before
-    tab.assert_clean()
+    checked.assert_clean()
 
 
-def test_pages_fit_a_phone_and_settings_turn_on_login(live, tab, shots, photos):
+def test_pages_fit_a_phone_and_settings_turn_on_login(live, browser, tab, checked, photos):
     _upload_photos(live, tab, photos)
-    image = json.loads(tab.eval("fetch('/v1/datasets/kfood').then(r => r.text())"))["images"][0]["id"]
-    tab.viewport(390, 844, mobile=True)
+    image = json.loads(tab.evaluate("fetch('/v1/datasets/kfood').then(r => r.text())"))["images"][0]["id"]
+    phone = Checked(browser, checked.shots, 390, 844, is_mobile=True, has_touch=True)
+    page = phone.page()
     for name, path in (("projects", "/studio"), ("gallery", "/studio/datasets/kfood"),
                        ("editor", f"/studio/datasets/kfood/images/{image}"), ("audit", "/studio/datasets/kfood/audit"),
                        ("jobs", "/studio/jobs"), ("settings", "/studio/settings"), ("train", "/studio/runs/new"),
                        ("enhance", "/studio/enhance"), ("compare", "/studio/compare")):
-        tab.goto(live.url + path)
-        width = tab.eval("document.documentElement.scrollWidth")
-        tab.screenshot(shots / f"phone-{name}.png")
+        page.goto(live.url + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        phone.shot(page, f"phone-{name}")
         assert width <= 390, (name, width)
-    tab.viewport(1280, 900)
+    phone.assert_clean()
+    phone.close()
     tab.goto(live.url + "/studio/settings")
-    tab.eval("document.getElementById('key-name').value = 'lead'")
-    tab.eval("document.querySelector('input[value=admin]').checked = true")
-    tab.click("#key-form button[type=submit]")
-    token = tab.wait("document.getElementById('new-key-token').textContent")
+    tab.evaluate("document.getElementById('key-name').value = 'lead'")
+    tab.evaluate("document.querySelector('input[value=admin]').checked = true")
+    click(tab, "#key-form button[type=submit]")
+    token = wait(tab, "document.getElementById('new-key-token').textContent")
     assert token.startswith("lsk_")
+    checked.allow.add(401)  # the login page itself answers 401 by design
     tab.goto(live.url + "/studio/settings")
-    assert tab.eval("document.title").startswith("Log in")
-    tab.eval(f"document.getElementById('key').value = {json.dumps(token)}")
-    tab.click("form.stack button[type=submit]")
-    tab.wait("document.title.startsWith('Projects')")
+    assert tab.evaluate("document.title").startswith("Log in")
+    tab.evaluate(f"document.getElementById('key').value = {json.dumps(token)}")
+    click(tab, "form.stack button[type=submit]")
+    wait(tab, "document.title.startsWith('Projects')")
     tab.goto(live.url + "/studio/settings")
-    assert tab.eval("document.querySelectorAll('#keys tbody tr').length") == 1
-    tab.screenshot(shots / "settings.png")
-    tab.problems = [p for p in tab.problems if "401" not in p]  # the login page itself answers 401 by design
-    tab.assert_clean()
+    assert tab.evaluate("document.querySelectorAll('#keys tbody tr').length") == 1
+    checked.shot(tab, "settings")
+    checked.assert_clean()
 
 
 @pytest.mark.slow
-def test_whole_flow_upload_fix_train_and_enhance_with_the_toy_model(browser, tmp_path, shots, photos):
+def test_whole_flow_upload_fix_train_and_enhance_with_the_toy_model(tmp_path, checked, photos):
     """12 toy photos with a planted confounder -> gallery -> edit + undo -> contamination fix -> train
     (loss streaming) -> enhance with the new LoRA -> before/after."""
     from lorastudio.toyworld.pretrain import shipped_base_dir
@@ -269,128 +295,255 @@ def test_whole_flow_upload_fix_train_and_enhance_with_the_toy_model(browser, tmp
     store = JobStore(settings.db_url)
     live = LiveServer(create_app(settings, store=store))
     live.data = data
-    tab = browser.tab()
-    tab.viewport(1280, 900)
+    tab = checked.page()
     try:
         _upload_photos(live, tab, photos)
         tab.goto(live.url + "/studio/datasets/kfood")
-        tab.wait("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-        first = tab.eval("document.querySelector('li.cell').dataset.id")
+        wait(tab, "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        first = tab.evaluate("document.querySelector('li.cell').dataset.id")
         sidecar = data / "studio" / "datasets" / "kfood" / "dataset" / "images" / f"{first}.txt"
         original = sidecar.read_text(encoding="utf-8")
         tab.goto(f"{live.url}/studio/datasets/kfood/images/{first}")
-        tab.eval("document.getElementById('slot-style').focus()")
-        tab.type("glossy")
+        tab.evaluate("document.getElementById('slot-style').focus()")
+        tab.keyboard.insert_text("glossy")
         _blur_and_wait_saved(tab)
         assert "glossy" in sidecar.read_text(encoding="utf-8")
-        tab.click("[data-action=undo]")
-        tab.wait("document.getElementById('flash').textContent === 'Undone'")
+        click(tab, "[data-action=undo]")
+        wait(tab, "document.getElementById('flash').textContent === 'Undone'")
         assert sidecar.read_text(encoding="utf-8") == original
         tab.goto(live.url + "/studio/datasets/kfood/audit")
-        tab.click("[data-action=run-audit]")
-        tab.wait("document.querySelector('tr[data-attr=\"black background\"].verdict-contaminant') !== null", timeout=120)
-        tab.click("[data-action=fix-preview]")
-        tab.wait("document.querySelectorAll('#diff tr').length > 0")
-        tab.click("[data-action=apply-diff]")
-        tab.wait("document.querySelector('tr[data-attr=\"black background\"] td:nth-child(3)') !== null && "
+        click(tab, "[data-action=run-audit]")
+        wait(tab, "document.querySelector('tr[data-attr=\"black background\"].verdict-contaminant') !== null", timeout=120)
+        click(tab, "[data-action=fix-preview]")
+        wait(tab, "document.querySelectorAll('#diff tr').length > 0")
+        click(tab, "[data-action=apply-diff]")
+        wait(tab, "document.querySelector('tr[data-attr=\"black background\"] td:nth-child(3)') !== null && "
                  "document.querySelector('tr[data-attr=\"black background\"] td:nth-child(3)').textContent.trim() === '100 %'",
                  timeout=120)
         tab.goto(live.url + "/studio/runs/new?dataset=kfood")
-        tab.eval("(() => { const s = document.getElementById('t-preset'); s.value = 'toy';"
+        tab.evaluate("(() => { const s = document.getElementById('t-preset'); s.value = 'toy';"
                  " s.dispatchEvent(new Event('change')); })()")
-        tab.eval("document.getElementById('t-lora_id').value = 'kfood-flow'")
-        if tab.eval("document.getElementById('t-override') !== null"):
-            tab.eval("document.getElementById('t-override').focus()")
-            tab.type("toy run: the remaining findings are expected")
-        tab.screenshot(shots / "train-form.png")
+        tab.evaluate("document.getElementById('t-lora_id').value = 'kfood-flow'")
+        if tab.evaluate("document.getElementById('t-override') !== null"):
+            tab.evaluate("document.getElementById('t-override').focus()")
+            tab.keyboard.insert_text("toy run: the remaining findings are expected")
+        checked.shot(tab, "train-form")
         end = time.time() + 300
         while not any(w["state"] in ("ready", "busy") for w in store.live_workers(15)):  # the toy model loads
             assert time.time() < end, store.live_workers(1e9)
             time.sleep(0.5)
-        tab.click("#t-submit")
-        tab.wait("location.pathname.startsWith('/studio/jobs/')", timeout=120)
-        tab.wait("Number(document.getElementById('loss-line').dataset.points || 0) >= 2", timeout=300)
-        seen = int(tab.eval("document.getElementById('loss-line').dataset.points"))
-        tab.goto(tab.eval("location.href"))  # a reload restores the whole curve and keeps streaming
-        tab.wait(f"Number(document.getElementById('loss-line').dataset.points || 0) >= {seen}", timeout=120)
-        tab.wait("document.getElementById('job-status').textContent === 'completed'", timeout=600)
-        assert int(tab.eval("document.getElementById('loss-line').dataset.points")) == 20  # toy preset: 20 steps, each logged
-        tab.screenshot(shots / "run.png")
+        click(tab, "#t-submit")
+        wait(tab, "location.pathname.startsWith('/studio/jobs/')", timeout=120)
+        wait(tab, "Number(document.getElementById('loss-line').dataset.points || 0) >= 2", timeout=300)
+        seen = int(tab.evaluate("document.getElementById('loss-line').dataset.points"))
+        tab.goto(tab.evaluate("location.href"))  # a reload restores the whole curve and keeps streaming
+        wait(tab, f"Number(document.getElementById('loss-line').dataset.points || 0) >= {seen}", timeout=120)
+        wait(tab, "document.getElementById('job-status').textContent === 'completed'", timeout=600)
+        assert int(tab.evaluate("document.getElementById('loss-line').dataset.points")) == 20  # toy preset: 20 steps, each logged
+        checked.shot(tab, "run")
         tab.goto(live.url + "/studio/enhance")
-        node = tab.call("DOM.getDocument")["root"]["nodeId"]
-        found = tab.call("DOM.querySelector", nodeId=node, selector="#e-image")["nodeId"]
-        tab.call("DOM.setFileInputFiles", files=[str(sorted(photos.glob("*.jpg"))[1])], nodeId=found)
-        tab.eval("document.getElementById('e-lora').value = 'kfood-flow'")
-        tab.eval("document.getElementById('e-steps').value = '4'")
-        tab.click("#enhance-form button[type=submit]")
-        tab.wait("document.getElementById('after').complete && document.getElementById('after').naturalWidth > 0",
+        tab.set_input_files("#e-image", str(sorted(photos.glob("*.jpg"))[1]))
+        tab.evaluate("document.getElementById('e-lora').value = 'kfood-flow'")
+        tab.evaluate("document.getElementById('e-steps').value = '4'")
+        click(tab, "#enhance-form button[type=submit]")
+        wait(tab, "document.getElementById('after').complete && document.getElementById('after').naturalWidth > 0",
                  timeout=300)
-        assert tab.eval("document.getElementById('before').naturalWidth > 0")
-        tab.eval("(() => { const s = document.getElementById('slider'); s.value = 20; s.dispatchEvent(new Event('input')); })()")
-        assert tab.eval("document.getElementById('after').style.clipPath") == "inset(0px 0px 0px 20%)"
-        tab.screenshot(shots / "enhance.png")
-        tab.assert_clean()
+        assert tab.evaluate("document.getElementById('before').naturalWidth > 0")
+        tab.evaluate("(() => { const s = document.getElementById('slider'); s.value = 20; s.dispatchEvent(new Event('input')); })()")
+        assert tab.evaluate("document.getElementById('after').style.clipPath") == "inset(0px 0px 0px 20%)"
+        checked.shot(tab, "enhance")
+        checked.assert_clean()
     finally:
-        tab.close()
         live.close()
         store.close()
 
 
-def test_compare_grid_has_a_leak_row_and_an_ab_slider(browser, tmp_path, shots):
+def test_compare_grid_has_a_leak_row_and_an_ab_slider(tmp_path, checked):
     data = tmp_path / "cmp"
     data.mkdir()
     settings = Settings(data_dir=data, db_url=default_url(data), fake_workers=True, workers=1, fake_step_s=0.001)
     store = JobStore(settings.db_url)
     live = LiveServer(create_app(settings, store=store))
-    tab = browser.tab()
-    tab.viewport(1280, 900)
+    tab = checked.page()
     try:
         end = time.time() + 60
         while not any(w["state"] in ("ready", "busy") for w in store.live_workers(15)):
             assert time.time() < end, "the fake worker did not start"
             time.sleep(0.2)
         tab.goto(live.url + "/studio/compare")
-        tab.eval("document.getElementById('c-trigger').value = 'ohwx_kfood_style'")
-        tab.eval("document.getElementById('c-prompts').value = "
+        tab.evaluate("document.getElementById('c-trigger').value = 'ohwx_kfood_style'")
+        tab.evaluate("document.getElementById('c-prompts').value = "
                  "'ohwx_kfood_style, a photo of bibimbap\\nohwx_kfood_style, a photo of japchae'")
-        tab.eval("document.getElementById('c-size').value = '64x64'")
-        tab.click("#compare-form button[type=submit]")
-        tab.wait("document.getElementById('flash').textContent.startsWith('Grid done')", timeout=120)
-        cells = tab.eval("Array.from(document.querySelectorAll('#cmp-grid img')).map(i => i.complete && i.naturalWidth > 0)")
+        tab.evaluate("document.getElementById('c-size').value = '64x64'")
+        click(tab, "#compare-form button[type=submit]")
+        wait(tab, "document.getElementById('flash').textContent.startsWith('Grid done')", timeout=120)
+        cells = tab.evaluate("Array.from(document.querySelectorAll('#cmp-grid img')).map(i => i.complete && i.naturalWidth > 0)")
         assert cells == [True, True, True]  # 2 prompts + the leak row, base column
-        assert tab.eval("document.querySelector('#cmp-grid tr:last-child td').textContent").endswith("(leak row)")
-        tab.click("#cmp-grid tr:nth-child(2) img")
-        tab.click("#cmp-grid tr:nth-child(4) img")
-        tab.eval("(() => { const s = document.getElementById('slider'); s.value = 30; s.dispatchEvent(new Event('input')); })()")
-        assert tab.eval("document.getElementById('after').style.clipPath") == "inset(0px 0px 0px 30%)"
-        assert tab.eval("document.getElementById('cmp-a').src") != tab.eval("document.getElementById('after').src")
-        tab.screenshot(shots / "compare.png")
-        tab.assert_clean()
+        assert tab.evaluate("document.querySelector('#cmp-grid tr:last-child td').textContent").endswith("(leak row)")
+        click(tab, "#cmp-grid tr:nth-child(2) img")
+        click(tab, "#cmp-grid tr:nth-child(4) img")
+        tab.evaluate("(() => { const s = document.getElementById('slider'); s.value = 30; s.dispatchEvent(new Event('input')); })()")
+        assert tab.evaluate("document.getElementById('after').style.clipPath") == "inset(0px 0px 0px 30%)"
+        assert tab.evaluate("document.getElementById('cmp-a').src") != tab.evaluate("document.getElementById('after').src")
+        checked.shot(tab, "compare")
+        checked.assert_clean()
     finally:
-        tab.close()
         live.close()
         store.close()
 
 
-def test_training_form_yaml_typo_blocks_submit_and_the_gate_needs_a_reason(live, tab, shots):
+@pytest.fixture
+def fake_live(tmp_path):
+    """The app with one fake worker (jobs run as timing stand-ins, no model)."""
+    data = tmp_path / "fake"
+    data.mkdir()
+    settings = Settings(data_dir=data, db_url=default_url(data), fake_workers=True, workers=1, fake_step_s=0.001)
+    store = JobStore(settings.db_url)
+    server = LiveServer(create_app(settings, store=store))
+    server.data, server.store = data, store
+    end = time.time() + 60
+    while not any(w["state"] in ("ready", "busy") for w in store.live_workers(15)):
+        assert time.time() < end, "the fake worker did not start"
+        time.sleep(0.2)
+    yield server
+    server.close()
+    store.close()
+
+
+def test_training_form_yaml_typo_blocks_submit_and_the_yaml_itself_submits(fake_live, tab, checked):
+    from lorastudio.serving.routes.admin import list_jobs
+
+    live = fake_live
     synthetic_dataset(live.data, "small", 6)
+    checked.allow.add(422)  # the typo's answer, shown on the page
     tab.goto(live.url + "/studio/runs/new?dataset=small")
-    assert tab.eval("document.getElementById('t-submit').disabled")  # never audited: the gate blocks
-    assert "6 images" in tab.eval("document.getElementById('epochs').textContent")
-    tab.eval("document.getElementById('t-override').focus()")
-    tab.type("reviewed by hand")
-    assert not tab.eval("document.getElementById('t-submit').disabled")
-    tab.eval("document.getElementById('yaml-tab').open = true")
-    tab.click("[data-action=yaml-defaults]")
-    tab.wait("document.getElementById('y-text').value.includes('max_steps')")
-    tab.eval("(() => { const t = document.getElementById('y-text'); t.value = t.value.replace('max_steps:', 'max_stepz:'); })()")
-    tab.click("[data-action=yaml-check]")
-    tab.wait("document.getElementById('y-result').textContent.includes('did you mean')")
-    assert tab.eval("document.getElementById('t-submit').disabled")
-    tab.screenshot(shots / "yaml-typo.png")
-    tab.eval("(() => { const t = document.getElementById('y-text'); t.value = t.value.replace('max_stepz:', 'max_steps:'); })()")
-    tab.click("[data-action=yaml-check]")
-    tab.wait("document.getElementById('y-result').textContent === 'valid'")
-    assert not tab.eval("document.getElementById('t-submit').disabled")
-    tab.problems = [p for p in tab.problems if "status of 422" not in p]  # the typo's answer, shown on the page
-    tab.assert_clean()
+    assert tab.evaluate("document.getElementById('t-submit').disabled")  # never audited: the gate blocks
+    assert tab.evaluate("document.getElementById('y-submit').disabled")
+    assert "6 images" in tab.evaluate("document.getElementById('epochs').textContent")
+    tab.evaluate("document.getElementById('t-override').focus()")
+    tab.keyboard.insert_text("reviewed by hand")
+    assert not tab.evaluate("document.getElementById('t-submit').disabled")
+    tab.evaluate("document.getElementById('yaml-tab').open = true")
+    click(tab, "[data-action=yaml-defaults]")
+    wait(tab, "document.getElementById('y-text').value.includes('max_steps')")
+    tab.evaluate("(() => { const t = document.getElementById('y-text'); t.value = t.value.replace('max_steps:', 'max_stepz:'); })()")
+    click(tab, "[data-action=yaml-check]")
+    wait(tab, "document.getElementById('y-result').textContent.includes('did you mean')")
+    assert tab.evaluate("document.getElementById('t-submit').disabled")
+    assert tab.evaluate("document.getElementById('y-submit').disabled")
+    checked.shot(tab, "yaml-typo")
+    tab.evaluate("(() => { const t = document.getElementById('y-text');"
+                 " t.value = t.value.replace('max_stepz:', 'max_steps:').replace(/max_steps: \\d+/, 'max_steps: 12'); })()")
+    click(tab, "[data-action=yaml-check]")
+    wait(tab, "document.getElementById('y-result').textContent === 'valid'")
+    assert not tab.evaluate("document.getElementById('t-submit').disabled")
+    tab.fill("#t-lora_id", "small-yaml")
+    click(tab, "#y-submit")
+    wait(tab, "location.pathname.startsWith('/studio/jobs/')", timeout=60)
+    params = list_jobs(live.store, None, None, "train", 1)[0].params
+    assert params["steps"] == 12 and params["config"]["train"]["max_steps"] == 12 and params["lora_id"] == "small-yaml"
+    checked.shot(tab, "yaml-submitted")
+    checked.assert_clean()
+
+
+def test_jobs_page_pauses_and_resumes_the_queue(fake_live, tab, checked):
+    from lorastudio.serving.routes.admin import queue_paused
+
+    tab.goto(fake_live.url + "/studio/jobs")
+    assert tab.text_content("#queue-label") == "queue running"
+    click(tab, "[data-action=pause-queue]")
+    wait(tab, "document.getElementById('flash').textContent === 'Queue paused'")
+    assert queue_paused(fake_live.store) and tab.text_content("#queue-toggle") == "Resume queue"
+    job, _ = fake_live.store.submit("generate", "local", {"prompt": "bibimbap", "size": "64x64", "steps": 2, "seed": 1})
+    tab.wait_for_timeout(1500)  # the fake worker polls meanwhile and must take nothing
+    assert fake_live.store.get(job.id).status == "queued"
+    checked.shot(tab, "queue-paused")
+    tab.reload()
+    assert tab.text_content("#queue-label").startswith("queue paused")
+    click(tab, "[data-action=resume-queue]")
+    wait(tab, "document.getElementById('flash').textContent === 'Queue resumed'")
+    end = time.time() + 60
+    while fake_live.store.get(job.id).status != "succeeded":
+        assert time.time() < end, fake_live.store.get(job.id).status
+        time.sleep(0.1)
+    checked.assert_clean()
+
+
+def test_run_page_shows_lr_eta_and_samples_from_the_event_stream(live, tab, checked):
+    from studio_data import train_job_with_samples
+
+    job_id, _ = train_job_with_samples(live.store, live.data)
+    tab.goto(f"{live.url}/studio/jobs/{job_id}")
+    wait(tab, "document.getElementById('loss-line').dataset.points === '2'")
+    assert tab.text_content("#live-lr") == "1.00e-3"
+    assert tab.evaluate("document.getElementById('live-eta').dataset.seconds") == "9"  # (20 - 2) steps x 0.5 s
+    wait(tab, "document.querySelectorAll('#samples figure[data-step=\"10\"] img').length === 2 && "
+              "Array.from(document.querySelectorAll('#samples img')).every(i => i.complete && i.naturalWidth === 32)")
+    live.store.add_event(job_id, "step", {"step": 3, "loss": 0.1, "n": 20, "lr": 5e-4, "s_per_step": 1.0})
+    wait(tab, "document.getElementById('live-lr').textContent === '5.00e-4'")  # live, not just the replay
+    assert tab.evaluate("document.getElementById('live-eta').dataset.seconds") == "17"
+    checked.shot(tab, "run-page")
+    tab.reload()  # a reload replays the whole history: curve, rate and samples
+    wait(tab, "document.getElementById('loss-line').dataset.points === '3' && "
+              "document.querySelectorAll('#samples img').length === 2")
+    checked.assert_clean()
+
+
+def test_gallery_runs_a_captioning_backend_as_a_job(fake_live, tab, checked, photos):
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "captions" / "backends"))
+    import tiny_caption_models as tiny
+
+    tiny.build_tagger(fake_live.data / "models" / "captioners" / "wd-tiny", [("black_background", 0), ("food", 0)],
+                      np.zeros((3, 2)), np.array([2.0, 0.0]))
+    _upload_photos(fake_live, tab, photos)
+    tab.goto(fake_live.url + "/studio/datasets/kfood")
+    tab.click("#caption-job summary")
+    tab.select_option("#cj-backend", "tagger")
+    tab.fill("#cj-model", "wd-tiny")
+    tab.check("#cj-overwrite")
+    click(tab, "[data-action=caption-run]")
+    wait(tab, "document.getElementById('cj-status').dataset.status === 'succeeded'", timeout=120)
+    checked.shot(tab, "caption-job")
+    wait(tab, "document.querySelector('li.cell p.cap') !== null && "
+              "Array.from(document.querySelectorAll('li.cell p.cap')).every(p => p.textContent.includes('black background'))",
+         timeout=30)
+    checked.assert_clean()
+
+
+def test_compare_grid_has_checkpoint_columns_and_marks_the_recommended_one(tmp_path, checked):
+    from studio_data import finished_run_with_checkpoints, toy_lora_bytes
+
+    from lorastudio.toyworld.pretrain import shipped_base_dir
+
+    data = tmp_path / "ckpt"
+    data.mkdir()
+    settings = Settings(data_dir=data, db_url=default_url(data), fake_workers=True, workers=1, fake_step_s=0.001,
+                        model=str(shipped_base_dir()))
+    store = JobStore(settings.db_url)
+    live = LiveServer(create_app(settings, store=store))
+    tab = checked.page()
+    try:
+        job = finished_run_with_checkpoints(store, data, toy_lora_bytes(tmp_path / "l"))
+        tab.goto(live.url + "/studio/compare")
+        assert tab.text_content("#c-checkpoints strong.recommended").startswith("★ recommended")
+        tab.check(f"input[name=ckpt][value='{job}:10']")
+        tab.fill("#c-scales", "0.8, 1.0")
+        tab.fill("#c-prompts", "ohwx_kfood_style, a photo of bibimbap")
+        tab.fill("#c-trigger", "ohwx_kfood_style")
+        tab.select_option("#c-size", "64x64")
+        click(tab, "#compare-form button[type=submit]")
+        wait(tab, "document.getElementById('flash').textContent.startsWith('Grid done')", timeout=120)
+        heads = tab.evaluate("Array.from(document.querySelectorAll('#cmp-grid th')).map(t => t.textContent)")
+        assert heads == ["prompt", "base", "kfood-v1 step 10 × 0.8 ★", "kfood-v1 step 10 × 1"]
+        cells = tab.evaluate("Array.from(document.querySelectorAll('#cmp-grid img')).map(i => i.complete && i.naturalWidth > 0)")
+        assert cells == [True] * 6  # (prompt + leak row) x (base + 2 scales)
+        assert tab.evaluate("document.querySelectorAll('#cmp-grid td.recommended img').length") == 2
+        checked.shot(tab, "compare-checkpoints")
+        checked.assert_clean()
+    finally:
+        live.close()
+        store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -51,14 +52,20 @@ def _png(w: int, h: int) -> bytes:
 
 
 def test_thumbnails_are_small_cached_per_content_hash_and_revalidate(svc):
+    import shutil
+
+    thumbs = svc.data / "studio" / "thumbs"
+    made_at_prepare = {p.name: p.read_bytes() for p in thumbs.rglob("*.jpg")}
+    assert len(made_at_prepare) == svc.uploaded["accepted"]  # a fresh gallery never waits on thumbnailing
+    shutil.rmtree(thumbs)  # the on-demand path: a missing thumbnail is made on first request, once
     image = _images(svc)[0]["id"]
     url = f"/v1/datasets/kfood/images/{image}/thumbnail"
     first = svc.client.get(url)
     assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
     assert "immutable" in first.headers["cache-control"] and len(first.content) <= 40 * 1024
     assert max(Image.open(io.BytesIO(first.content)).size) <= 256
-    cached = list((svc.data / "studio" / "thumbs").rglob("*.jpg"))
-    assert len(cached) == 1 and cached[0].read_bytes() == first.content
+    cached = list(thumbs.rglob("*.jpg"))
+    assert len(cached) == 1 and cached[0].read_bytes() == first.content == made_at_prepare[cached[0].name]
     again = svc.client.get(url, headers={"If-None-Match": first.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
 
@@ -312,3 +319,212 @@ def test_prepend_moves_a_queued_job_to_the_head(studio_factory):
         generate_only = svc.key("generate")
         assert svc.client.post(f"/v1/jobs/{jobs[1].id}/prepend",
                                headers={"Authorization": f"Bearer {generate_only}"}).status_code == 403
+
+
+def test_reject_and_restore_keep_files_and_take_images_out_of_training(svc):
+    from lorastudio.config.train import DatasetEntry
+    from lorastudio.data.dataset import load_items
+
+    folder = svc.data / "studio" / "datasets" / "kfood" / "dataset"
+    files_before = {p.name: p.read_bytes() for p in (folder / "images").iterdir()}
+    ids = [im["id"] for im in _images(svc)][:3]
+    out = svc.client.post("/v1/datasets/kfood/review", json={"ids": ids, "action": "reject", "reason": "off-style"},
+                          headers=svc.h())
+    assert out.status_code == 200 and out.json() == {"action": "reject", "changed": ids}
+    records = {r["id"]: r for r in read_manifest(folder)}
+    assert all("rejected" in records[i]["flags"] and records[i]["rejected_by"]["reason"] == "off-style" for i in ids)
+    assert {p.name: p.read_bytes() for p in (folder / "images").iterdir()} == files_before  # nothing deleted
+    trained = {item.key.split("/")[1] for item in load_items(DatasetEntry(path=str(folder)))}
+    assert trained == set(records) - set(ids)
+    from lorastudio.serving.routes.runs import stage_run
+
+    assert stage_run(svc.data, folder.parent, "r" * 32) == len(records) - 3  # a studio run stages without them
+    staged = {p.stem for p in (svc.data / "datasets" / ("r" * 32) / "raw").glob("*.jpg")}
+    assert staged == {records[i]["file"].split("/")[-1].rsplit(".", 1)[0] for i in set(records) - set(ids)}
+    page = svc.client.get("/studio/datasets/kfood?q=flag:rejected").text
+    assert page.count('class="cell rejected"') == 3 and "Reject selected" in page
+    form = svc.client.get("/studio/runs/new?dataset=kfood").text
+    assert f'data-images="{len(records) - 3}"' in form
+    again = svc.client.post("/v1/datasets/kfood/review", json={"ids": ids[:2], "action": "restore"}, headers=svc.h())
+    assert again.json()["changed"] == ids[:2]
+    records = {r["id"]: r for r in read_manifest(folder)}
+    assert "rejected" not in records[ids[0]]["flags"] and "rejected_by" not in records[ids[0]]
+    assert "rejected" in records[ids[2]]["flags"]
+    everything = svc.client.post("/v1/datasets/kfood/review", json={"ids": list(records), "action": "reject"},
+                                 headers=svc.h()).json()
+    assert len(everything["changed"]) == len(records) - 1  # the one still rejected is not "changed"
+    from lorastudio.data.dataset import DatasetError
+
+    with pytest.raises(DatasetError, match="every image is flagged 'rejected'"):
+        load_items(DatasetEntry(path=str(folder)))
+    bad = svc.client.post("/v1/datasets/kfood/review", json={"ids": ["nope"], "action": "reject"}, headers=svc.h())
+    assert bad.status_code == 404
+    assert svc.client.post("/v1/datasets/kfood/review", json={"ids": ids, "action": "delete"},
+                           headers=svc.h()).status_code == 422
+
+
+def test_pausing_the_queue_holds_queued_jobs_until_resume(studio_factory):
+    with studio_factory(workers=1, fake_step_s=0.01) as svc:
+        token = svc.key("generate", "admin")
+        svc.login(token)
+        auth = {"Authorization": f"Bearer {token}", "Prefer": "respond-async"}
+        while svc.client.get("/readyz", headers=auth).status_code != 200:
+            pass
+        assert "Pause queue" in svc.client.get("/studio/jobs").text
+        paused = svc.client.post("/v1/queue/pause", headers=svc.h())
+        assert paused.status_code == 200 and paused.json()["paused"] is True
+        job = svc.client.post("/v1/images/generations", headers=auth,
+                              json={"prompt": "bibimbap", "size": "64x64", "steps": 2, "seed": 1}).json()["id"]
+        time.sleep(1.5)  # the worker polls several times meanwhile and must take nothing
+        assert svc.client.get(f"/v1/jobs/{job}").json()["status"] == "queued"
+        assert svc.client.get("/v1/queue").json() == {"paused": True, "queued": 1, "running": 0}
+        page = svc.client.get("/studio/jobs").text
+        assert "queue paused" in page and "Resume queue" in page
+        generate_only = svc.key("generate")
+        assert svc.client.post("/v1/queue/resume", headers={"Authorization": f"Bearer {generate_only}"}).status_code == 403
+        assert svc.client.post("/v1/queue/resume", headers=svc.h()).json()["paused"] is False
+        assert svc.wait_status(job)["status"] == "succeeded"
+
+
+def test_yaml_tab_submits_a_whole_config_within_the_server_s_keys(studio_factory, photos):
+    import yaml
+
+    from lorastudio.config.train import FAMILY_DEFAULTS, TrainConfig
+    from lorastudio.serving.routes.admin import list_jobs
+
+    with studio_factory(workers=1, fake_step_s=0.01) as svc:
+        svc.refresh_csrf()
+        svc.upload(photos)
+        default = yaml.safe_load(svc.client.get("/v1/configs/default?family=sd15").json()["yaml"])
+        edited = {**default, "train": {**default["train"], "max_steps": 30, "lr": 5e-4},
+                  "network": {**default["network"], "rank": 8}, "data": {**default["data"], "flip": True}}
+        body = {"lora_id": "kfood-yaml", "steps": 20, "rank": 4, "resolution": 64,
+                "override_reason": "reviewed by the lead, errors are known"}
+
+        def post(config: dict):  # noqa: ANN202
+            for _ in range(100):  # the fake worker must be up for admission
+                answer = svc.client.post("/v1/datasets/kfood/trainings", headers=svc.h(),
+                                         json={**body, "config_yaml": yaml.safe_dump(config)})
+                if answer.status_code != 503:
+                    return answer
+                time.sleep(0.1)
+            return answer
+
+        typo = dict(edited, train={**{k: v for k, v in edited["train"].items() if k != "max_steps"}, "max_stepz": 30})
+        answer = post(typo)
+        assert answer.status_code == 422 and "did you mean 'train.max_steps'" in answer.json()["detail"]
+        moved = post({**edited, "model": {**edited["model"], "path": "/etc"}})
+        assert moved.status_code == 422 and moved.json()["code"] == "server_key" and "model.path" in moved.json()["detail"]
+        assert post({**edited, "output_dir": "/tmp/elsewhere"}).json()["code"] == "server_key"
+        assert post({**edited, "model": {**edited["model"], "family": "sdxl"}}).json()["code"] == "wrong_family"
+        huge = post({**edited, "train": {**edited["train"], "max_steps": 50000}})
+        assert huge.status_code == 422 and huge.json()["code"] == "out_of_bounds"
+        assert list_jobs(svc.store, None, None, "train", 5) == []  # nothing was queued by a refused YAML
+        job = post(edited)
+        assert job.status_code == 202, job.text
+        params = list_jobs(svc.store, None, None, "train", 1)[0].params
+        assert (params["steps"], params["rank"], params["learning_rate"]) == (30, 8, 5e-4)  # the YAML won
+        config = params["config"]
+        assert "datasets" not in config["data"] and "model" not in config and "output_dir" not in config
+        # What the worker writes (runners.run_training: its own model/data/output, then these sections) is
+        # init-config's defaults plus exactly the YAML's edits, through the typed config.
+        served = {"model": {"family": "sd15", "path": "/srv/base"}, "data": {"datasets": ["/srv/run/dataset"]},
+                  "output_dir": "/srv/run/out"}
+        merged = {**served, **{s: {**served.get(s, {}), **v} for s, v in config.items()}}
+        expected = {**edited, **served, "data": {**edited["data"], **served["data"]}}
+        assert TrainConfig.model_validate(merged) == TrainConfig.model_validate(expected)
+        assert TrainConfig.model_validate(merged) != TrainConfig.model_validate(FAMILY_DEFAULTS["sd15"])
+
+
+def test_run_samples_are_announced_once_and_served_only_from_the_run(svc):
+    from studio_data import train_job_with_samples
+
+    job_id, run_id = train_job_with_samples(svc.store, svc.data)
+    kinds = [(kind, data) for _, kind, data in svc.store.events_after(job_id, 0)]
+    assert [d for k, d in kinds if k == "sample"] == [{"step": 10, "files": ["00.png", "01.png"]}]
+    ok = svc.client.get(f"/v1/jobs/{job_id}/samples/10/01.png")
+    assert ok.status_code == 200 and ok.headers["content-type"] == "image/png" and ok.content[:4] == b"\x89PNG"
+    (svc.data / "secret.png").write_bytes(ok.content)
+    for bad in ("10/..%2F..%2F..%2F..%2Fsecret.png", "10/02.png", "11/00.png", "10/00.jpg", "-1/00.png"):
+        assert svc.client.get(f"/v1/jobs/{job_id}/samples/{bad}").status_code in (404, 422), bad
+    other, _ = svc.store.submit("generate", "local", {"prompt": "p", "run_id": run_id})
+    assert svc.client.get(f"/v1/jobs/{other.id}/samples/10/00.png").status_code == 404  # train jobs only
+    page = svc.client.get(f"/studio/jobs/{job_id}").text
+    assert 'id="live-lr"' in page and 'id="samples"' in page
+
+
+def test_caption_job_runs_a_backend_over_the_dataset_and_undoes_as_one_operation(studio_factory, photos):
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "captions" / "backends"))
+    import tiny_caption_models as tiny
+
+    with studio_factory(workers=1, fake_step_s=0.01) as svc:
+        svc.refresh_csrf()
+        svc.upload(photos)
+        tags = [("black_background", 0), ("no_humans", 0), ("food", 0)]
+        tiny.build_tagger(svc.data / "models" / "captioners" / "wd-tiny", tags, np.zeros((3, 3)),
+                          np.array([2.0, 2.0, 0.0]))
+        assert svc.client.get("/v1/captioners").json() == {"backends": ["hf-caption", "hf-vlm", "tagger", "clip-probe"],
+                                                           "models": ["wd-tiny"]}
+        for model in ("../wd-tiny", "/etc", "wd-tiny/../../x", "nope"):
+            refused = svc.client.post("/v1/datasets/kfood/captions", json={"backend": "tagger", "model": model},
+                                      headers=svc.h())
+            assert refused.status_code == 422, model
+        assert svc.client.post("/v1/datasets/kfood/captions", json={"backend": "manual", "model": "wd-tiny"},
+                               headers=svc.h()).status_code == 422
+        assert "Caption with a model" in svc.client.get("/studio/datasets/kfood").text
+        before = _sidecars(svc)
+        svc.client.post("/v1/queue/pause", headers=svc.h())  # hold the job queued to see the edit guard
+        for _ in range(100):  # the fake worker must be up for admission
+            job = svc.client.post("/v1/datasets/kfood/captions", headers=svc.h(),
+                                  json={"backend": "tagger", "model": "wd-tiny", "overwrite": True})
+            if job.status_code != 503:
+                break
+            time.sleep(0.1)
+        assert job.status_code == 202, job.text
+        image = _images(svc)[0]
+        edit = svc.client.put(f"/v1/datasets/kfood/images/{image['id']}/caption", headers=svc.h(),
+                              json={"slots": {"trigger": TRIGGER, "subject": "x"}, "version": image["version"]})
+        assert edit.status_code == 409 and edit.json()["code"] == "captioning"  # the captioner owns the manifest now
+        second = svc.client.post("/v1/datasets/kfood/captions", headers=svc.h(),
+                                 json={"backend": "tagger", "model": "wd-tiny"})
+        assert second.status_code == 409
+        svc.client.post("/v1/queue/resume", headers=svc.h())
+        view = svc.wait_status(job.json()["id"], timeout=120)
+        assert view["status"] == "succeeded", view
+        records = read_manifest(svc.data / "studio" / "datasets" / "kfood" / "dataset")
+        assert view["result"]["captioned"] == view["result"]["of"] == len(records)
+        assert all(r["caption_source"]["backend"] == "tagger" and "black background" in r["caption_text"]
+                   and r["caption_text"].startswith(TRIGGER) for r in records)
+        assert _sidecars(svc) != before
+        detail = svc.client.get(f"/studio/jobs/{view['id']}").text
+        assert "wd-tiny" in detail and str(svc.data) not in detail  # the job names the model, never a server path
+        undone = svc.client.post("/v1/datasets/kfood/undo", headers=svc.h()).json()
+        assert len(undone["reverted"]) == len(records) and _sidecars(svc) == before
+
+
+def test_compare_offers_each_checkpoint_and_marks_the_recommended_one(studio_factory, tmp_path):
+    from studio_data import finished_run_with_checkpoints, toy_lora_bytes
+
+    from lorastudio.toyworld.pretrain import shipped_base_dir
+
+    with studio_factory(workers=1, fake_step_s=0.001, model=str(shipped_base_dir())) as svc:
+        svc.refresh_csrf()
+        job = finished_run_with_checkpoints(svc.store, svc.data, toy_lora_bytes(tmp_path / "l"))
+        found = svc.client.get(f"/v1/jobs/{job}/checkpoints").json()
+        assert found["steps"] == [10, 20]  # step 30 never finished writing
+        assert found["recommended"] == {"step": 10, "scale": 0.8, "reason": "best style gain without leak"}
+        page = svc.client.get("/studio/compare").text
+        assert f'value="{job}:10"' in page and f'value="{job}:20"' in page and f'value="{job}:30"' not in page
+        assert page.count("★ recommended (scale 0.8)") == 1 and 'data-recommended-scale="0.8"' in page
+        row = svc.client.post(f"/v1/jobs/{job}/checkpoints/10/lora", headers=svc.h())
+        assert row.status_code == 200 and row.json()["id"] == "kfood-v1-s10"
+        again = svc.client.post(f"/v1/jobs/{job}/checkpoints/10/lora", headers=svc.h()).json()
+        assert again["sha256"] == row.json()["sha256"]  # registering twice is the same LoRA
+        assert svc.client.post(f"/v1/jobs/{job}/checkpoints/30/lora", headers=svc.h()).status_code == 404
+        other, _ = svc.store.submit("generate", "local", {"prompt": "p"})
+        assert svc.client.get(f"/v1/jobs/{other.id}/checkpoints").status_code == 404
+        assert [r["id"] for r in svc.client.get("/v1/loras").json()["data"]] == ["kfood-v1-s10"]

@@ -122,7 +122,7 @@ class _InlineFinder(HTMLParser):
 
 def test_every_response_carries_a_strict_csp_and_pages_hold_no_inline_code(svc):
     image = _first_image(svc)
-    urls = PAGES + [f"/studio/datasets/kfood/images/{image}", "/studio/login", "/studio/static/studio.js",
+    urls = PAGES + [f"/studio/datasets/kfood/images/{image}", "/studio/login", "/studio/static/studio.js", "/studio/static/studio_runs.js",
                     "/v1/datasets/kfood", f"/v1/datasets/kfood/images/{image}/thumbnail", "/v1/nope", "/healthz"]
     for url in urls:
         response = svc.client.get(url)

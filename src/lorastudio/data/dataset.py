@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorastudio.data.manifest import ManifestError, read_manifest
+from lorastudio.data.manifest import REJECTED_FLAG, ManifestError, read_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +67,8 @@ def load_items(entry: DatasetEntry, *, is_reg: bool = False) -> list[Item]:
         raise DatasetError(f"{root / 'manifest.jsonl'} lists no images")
     items, uncaptioned = [], []
     for rec in records:
+        if REJECTED_FLAG in rec.get("flags", ()):  # a reviewer took it out (studio Reject); Restore puts it back
+            continue
         if not (rec.get("caption_text") or "").strip():
             uncaptioned.append(rec["id"])
             continue
@@ -77,6 +79,8 @@ def load_items(entry: DatasetEntry, *, is_reg: bool = False) -> list[Item]:
             Item(f"{root.name}/{rec['id']}", path, rec["caption_text"].strip(), int(rec["width"]), int(rec["height"]),
                  entry.repeats * int(rec.get("repeats", 1)), is_reg)
         )
+    if not items and not uncaptioned:
+        raise DatasetError(f"{root / 'manifest.jsonl'}: every image is flagged '{REJECTED_FLAG}'")
     if uncaptioned:
         shown = ", ".join(uncaptioned[:5]) + (" ..." if len(uncaptioned) > 5 else "")
         raise DatasetError(

@@ -23,6 +23,8 @@ IMAGES_DIR = "images"
 REPORT = "report.html"
 
 SLOT_NAMES = ("trigger", "subject", "shot", "objective", "style")
+# A record flagged so is kept in the manifest (and its files on disk) but never trained on.
+REJECTED_FLAG = "rejected"
 
 
 class ManifestError(ValueError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lorastudio.serving.files import content_path, read_content, store_bytes
+from lorastudio.serving.served import served_model
 from lorastudio.serving.trace import JobCanceled, JobFailed, Trace
 
 
@@ -50,15 +51,18 @@ def load_input(data_dir: Path, sha: str) -> Any:
 
 def lora_file(data_dir: Path, row: dict) -> Path:
     """The registered adapter's file, checked against its recorded SHA-256."""
-    import hashlib
+    return checked_file(data_dir, "loras", row["sha256"], f"LoRA '{row['id']}'")
 
-    path = content_path(data_dir, "loras", row["sha256"], "safetensors")
+
+def checked_file(data_dir: Path, kind: str, sha: str, what: str) -> Path:
+    """A content-addressed registered file, checked against its SHA-256 (`what` names it in errors)."""
+    path = content_path(data_dir, kind, sha, "safetensors")
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
-        raise JobFailed("lora_unusable", f"LoRA '{row['id']}' is registered but its file is missing") from None
-    if digest != row["sha256"]:
-        raise JobFailed("lora_unusable", f"LoRA '{row['id']}' changed on disk since it was registered")
+        raise JobFailed("lora_unusable", f"{what} is registered but its file is missing") from None
+    if digest != sha:
+        raise JobFailed("lora_unusable", f"{what} changed on disk since it was registered")
     return path
 
 
@@ -111,6 +115,10 @@ class FakeRunner:
     def run(self, job: Any, trace: Trace) -> dict:
         from PIL import Image
 
+        if job.kind == "caption":  # captioning runs for real here too: it needs no served model
+            from lorastudio.studio.captioning import run_captioning
+
+            return run_captioning(self, job, trace)
         params = job.params
         for ref in params.get("loras", []):  # the same registry checks as the real runner
             row = self.store.get_lora(ref["id"])
@@ -144,11 +152,12 @@ class PipelineRunner:
 
         self.args, self.store, self.data = args, store, data
         self.device = args.device
+        self.served = served_model(args.model, args.family)
         self.text2img = load_pipeline(args.model, family=args.family, device=self.device, progress=False)
-        kind = "sdxl" if args.family == "sdxl" else "sd"
-        self.img2img = getattr(diffusers, PIPELINE_CLASSES["img2img"][kind]).from_pipe(self.text2img)
+        self.img2img = getattr(diffusers, PIPELINE_CLASSES["img2img"][self.served.pipeline_kind]).from_pipe(self.text2img)
         self.img2img.set_progress_bar_config(disable=True)
-        self.adapters: OrderedDict[str, str] = OrderedDict()  # lora id -> sha256, most recent last
+        self.adapters: OrderedDict[str, str] = OrderedDict()  # lora id -> sha256 (+ embedding's), most recent last
+        self.triggers: dict[str, str] = {}  # lora id -> the trigger word its loaded embedding answers to
         self.fingerprint = _fingerprint(args.model)
 
     def release_memory(self) -> None:
@@ -164,7 +173,12 @@ class PipelineRunner:
     def run(self, job: Any, trace: Trace) -> dict:
         if job.kind == "train":
             return run_training(self, job, trace)
-        specs = self._select_adapters(job.params.get("loras", []), trace)
+        if job.kind == "caption":  # a CPU child process; needs nothing this runner loaded
+            from lorastudio.studio.captioning import run_captioning
+
+            return run_captioning(self, job, trace)
+        specs = self._select_adapters(job.params.get("loras", []), trace,
+                                      [job.params["prompt"], job.params.get("negative_prompt") or ""])
         trace.add("request", prompt=job.params["prompt"], seed=job.params["seed"], base_model=self.fingerprint,
                   loras=[{"id": r["id"], "sha256": r["sha256"], "scale": r["scale"]} for r in job.params.get("loras", [])])
         images = []
@@ -186,7 +200,7 @@ class PipelineRunner:
         encode = _EncodeTimer(self.text2img, trace)
         common = dict(prompt=params["prompt"], negative_prompt=params.get("negative_prompt") or None,
                       num_inference_steps=int(params["steps"]), guidance_scale=float(params["guidance"]),
-                      generator=generator, output_type="pil", callback_on_step_end=steps)
+                      generator=generator, output_type="pil", callback_on_step_end=steps, **self.served.call_kwargs)
         start = time.perf_counter()
         with encode, torch.no_grad():
             if job.kind == "enhance":
@@ -206,55 +220,81 @@ class PipelineRunner:
         if params.get("control", "none") != "none":
             raise JobFailed("bad_input", "control=canny needs a ControlNet, which this server was not started with")
         w, h = working_size(photo.width, photo.height, int(params["resolution"]))
+        multiple = self.served.size_multiple  # Flux: x8 VAE, then 2x2 packing
+        w, h = max(multiple, w // multiple * multiple), max(multiple, h // multiple * multiple)
         trace.add("input", width=photo.width, height=photo.height, working=[w, h])
         out = self.img2img(image=photo.resize((w, h), Image.LANCZOS), strength=float(params["strength"]),
                            **common).images[0]
         return out.resize(photo.size, Image.LANCZOS)
 
-    def _select_adapters(self, refs: list[dict], trace: Trace) -> list:
+    def _select_adapters(self, refs: list[dict], trace: Trace, prompts: list[str] = ()) -> list:
+        """Load (or reuse) every referenced LoRA / embedding / pivotal pair and set the scales."""
         from lorastudio.evaluation.loading import LoadError, LoraSpec, set_scales
+        from lorastudio.serving.trigger_embeddings import embedding_spec, request_rows
 
+        rows = request_rows(self.store, refs)
+        for lora_id in [i for i, word in self.triggers.items() if i not in rows and _mentions(prompts, word)]:
+            self._evict(lora_id)  # a loaded trigger the request does not reference must read as plain text
         specs = []
         for ref in refs:
-            name = "ls_" + ref["id"].replace("-", "_")
-            row = self.store.get_lora(ref["id"])
-            if row is None or row["sha256"] != ref["sha256"]:
-                raise JobFailed("lora_unusable", f"LoRA '{ref['id']}' was deleted or replaced after the request")
+            name, row = "ls_" + ref["id"].replace("-", "_"), rows[ref["id"]]
+            version = row["sha256"] + (":" + row["embedding"]["sha256"] if row["embedding"] else "")
             start = time.perf_counter()
-            hit = self.adapters.get(ref["id"]) == row["sha256"]
+            hit = self.adapters.get(ref["id"]) == version
             if hit:
                 self.adapters.move_to_end(ref["id"])
             else:
-                path = lora_file(self.data, row)
+                spec = (embedding_spec(self.data, row, name, ref["scale"]) if row["embedding"] else
+                        LoraSpec(path=lora_file(self.data, row), scale=ref["scale"], name=name))
                 try:
-                    self._load_adapter(LoraSpec(path=path, scale=ref["scale"], name=name), ref["id"], row["sha256"])
+                    self._load_adapter(spec, ref["id"], version)
                 except LoadError as exc:
                     raise JobFailed("lora_unusable", str(exc).split(": ", 1)[-1]) from None
             self.store.bump("lora_cache_hits" if hit else "lora_cache_misses")
             trace.add("lora_load", id=ref["id"], hit=hit, ms=round((time.perf_counter() - start) * 1000, 2))
-            specs.append(LoraSpec(path=Path(), scale=ref["scale"], name=name))
-        set_scales(self.text2img, specs)
+            specs.append(LoraSpec(path=Path(), scale=ref["scale"], name=name, has_lora=row["format"] != "embedding"))
+        set_scales(self.text2img, [s for s in specs if s.has_lora])
         return specs
 
-    def _load_adapter(self, spec: Any, lora_id: str, sha: str) -> None:
+    def _load_adapter(self, spec: Any, lora_id: str, version: str) -> None:
         from lorastudio.evaluation.loading import apply_loras
+        from lorastudio.models.embeddings import unload_embedding
 
         if lora_id in self.adapters:  # same id, new file: drop the old weights first
             self._evict(lora_id)
+        for other in [i for i, word in self.triggers.items() if word in spec.triggers]:
+            self._evict(other)  # one trigger word, one loaded embedding
         while len(self.adapters) >= self.args.lora_cache:
             self._evict(next(iter(self.adapters)))
         try:
             apply_loras(self.text2img, [spec])
         except Exception:
-            # Never leave a half-applied adapter behind: the next job must see the base model.
+            # Never leave a half-applied adapter or embedding behind: the next job must see the base model.
             if spec.name in {n for names in self.text2img.get_list_adapters().values() for n in names}:
                 self.text2img.delete_adapters(spec.name)
+            for word in spec.triggers:
+                unload_embedding(self.text2img, word)
             raise
-        self.adapters[lora_id] = sha
+        self.adapters[lora_id] = version
+        if spec.triggers:
+            self.triggers[lora_id] = spec.triggers[0]
 
     def _evict(self, lora_id: str) -> None:
-        self.text2img.delete_adapters("ls_" + lora_id.replace("-", "_"))
+        from lorastudio.models.embeddings import unload_embedding
+
+        name = "ls_" + lora_id.replace("-", "_")
+        if name in {n for names in self.text2img.get_list_adapters().values() for n in names}:
+            self.text2img.delete_adapters(name)
+        if lora_id in self.triggers:
+            unload_embedding(self.text2img, self.triggers.pop(lora_id))
         self.adapters.pop(lora_id, None)
+
+
+def _mentions(prompts: Any, word: str) -> bool:
+    """Whether `word` appears as a whole word in any of the prompts."""
+    import re
+
+    return any(re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", p, re.IGNORECASE) for p in prompts)
 
 
 class _EncodeTimer:
@@ -315,6 +355,7 @@ def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path:
     """Run a lorastudio command as a child, forwarding cancel as Ctrl-C and progress as events."""
     proc = _child([sys.executable, "-m", "lorastudio", *args], cwd, log_path)
     metrics, sent = cwd / "run" / "metrics.jsonl", 0
+    announced: set[str] = set()
     interrupted = False
     while proc.poll() is None:
         time.sleep(0.5)
@@ -327,11 +368,28 @@ def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path:
                 row = json.loads(line)
                 if "step" in row and "loss" in row:
                     runner.store.add_event(job.id, "step", {"step": row["step"], "loss": row["loss"],
-                                                            "n": job.params["steps"]})
+                                                            "n": job.params["steps"], "lr": row.get("lr"),
+                                                            "s_per_step": row.get("s_per_step")})
             sent = len(lines)
+            announced = _announce_samples(runner, job, cwd / "run" / "samples", announced)
+    _announce_samples(runner, job, cwd / "run" / "samples", announced)  # the last ones, written just before exit
     if interrupted:
         raise JobCanceled()
     return proc.returncode
+
+
+def _announce_samples(runner: PipelineRunner, job: Any, samples: Path, announced: set[str]) -> set[str]:
+    """A `sample` event ({step, files}) for each samples/step_N/ folder once it holds every prompt's PNG."""
+    if not samples.is_dir():
+        return announced
+    expected = max(1, len((job.params.get("config") or {}).get("sample", {}).get("prompts") or []))
+    for folder in samples.glob("step_*"):
+        pngs = sorted(p.name for p in folder.glob("*.png"))
+        if folder.name in announced or not folder.name[5:].isdigit() or len(pngs) < expected:
+            continue
+        runner.store.add_event(job.id, "sample", {"step": int(folder.name[5:]), "files": pngs})
+        announced = announced | {folder.name}
+    return announced
 
 
 def run_training(runner: PipelineRunner, job: Any, trace: Trace) -> dict:
@@ -364,6 +422,8 @@ def run_training(runner: PipelineRunner, job: Any, trace: Trace) -> dict:
         "output_dir": str(root / "run"),
         "logging": {"every_n_steps": 1, "tensorboard": False},
     }
+    for section, values in (params.get("config") or {}).items():  # the studio's YAML tab (vetted by routes/runs.py)
+        config[section] = {**config.get(section, {}), **values}
     (root / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     with trace.span("train", attempt=job.attempts):
         code = _cli(runner, job, ["train", str(root / "train.yaml"), "--resume", "auto", "--no-progress",

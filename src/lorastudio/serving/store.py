@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
 STATES = ("queued", "running", *TERMINAL)
-KINDS = ("generate", "enhance", "train")
+KINDS = ("generate", "enhance", "train", "caption")
 SCOPES = ("generate", "train", "admin")
 KEY_PREFIX = "lsk_"
 
@@ -92,6 +92,18 @@ loras = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# A registered id's trigger embedding: the whole entry for a textual-inversion file (the loras
+# row then holds the embedding itself, format "embedding"), or a pivotal LoRA's partner file.
+# A table of its own, so databases made before it gain it from create_all.
+lora_embeddings = Table(
+    "lora_embeddings", metadata,
+    Column("lora_id", String(64), ForeignKey("loras.id", ondelete="CASCADE"), primary_key=True),
+    Column("trigger", String(64), nullable=False),
+    Column("vectors", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("file", String(256), nullable=False),
+)
+
 workers = Table(
     "workers", metadata,
     Column("id", String(64), primary_key=True),
@@ -103,6 +115,8 @@ workers = Table(
 )
 
 
+# The counter row that pauses the queue (1) or not (0/absent); admin.set_paused writes it.
+QUEUE_PAUSED = "queue_paused"
 counters = Table(
     "counters", metadata,
     Column("name", String(64), primary_key=True),
@@ -155,6 +169,13 @@ class Job:
 def hash_key(token: str) -> str:
     """The stored form of an API key: only its SHA-256 ever touches the disk."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _with_embedding(conn: Connection, row: Any) -> dict:
+    """A loras row as a dict, with `embedding` (its lora_embeddings row without the key) or None."""
+    found = conn.execute(select(lora_embeddings).where(lora_embeddings.c.lora_id == row.id)).first()
+    embedding = {k: v for k, v in found._mapping.items() if k != "lora_id"} if found is not None else None
+    return {**dict(row._mapping), "embedding": embedding}
 
 
 def default_url(data_dir: Path) -> str:
@@ -310,6 +331,8 @@ class JobStore:
         now = now or time.time()
         with self._tx() as conn:
             self._expire_overdue(conn, now)
+            if conn.execute(select(counters.c.value).where(counters.c.name == QUEUE_PAUSED)).scalar():
+                return None  # paused by an admin: running jobs finish, queued ones wait
             query = (select(jobs.c.id).where(and_(jobs.c.status == "queued", jobs.c.kind.in_(kinds)))
                      .order_by(jobs.c.priority.desc(), jobs.c.created_at).limit(1))
             if not self.is_sqlite:
@@ -444,32 +467,37 @@ class JobStore:
     # ------------------------------------------------------------------ LoRAs and workers
 
     def add_lora(self, lora_id: str, *, sha256: str, family: str, fmt: str, modules: int, file: str, key_id: str,
-                 now: float | None = None) -> None:
-        """Register an adapter file (already validated and stored under the data dir)."""
+                 now: float | None = None, embedding: dict | None = None) -> None:
+        """Register an adapter file (already validated and stored under the data dir), with its
+        trigger embedding when it has one (`embedding`: trigger, vectors, sha256, file)."""
         with self._tx() as conn:
             if conn.execute(select(loras.c.id).where(loras.c.id == lora_id)).first() is not None:
                 raise StoreError("lora_exists", f"a LoRA with id '{lora_id}' is already registered")
             conn.execute(insert(loras).values(id=lora_id, sha256=sha256, family=family, format=fmt, modules=modules,
                                               file=file, key_id=key_id, created_at=now or time.time()))
+            if embedding is not None:
+                conn.execute(insert(lora_embeddings).values(lora_id=lora_id, **embedding))
 
     def get_lora(self, lora_id: str) -> dict | None:
-        """A registered adapter's row, or None."""
+        """A registered adapter's row (`embedding`: its trigger embedding's row or None), or None."""
         with self.engine.connect() as conn:
             row = conn.execute(select(loras).where(loras.c.id == lora_id)).first()
-        return dict(row._mapping) if row is not None else None
+            return _with_embedding(conn, row) if row is not None else None
 
     def list_loras(self) -> list[dict]:
         """Every registered adapter."""
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(select(loras).order_by(loras.c.created_at)).all()]
+            return [_with_embedding(conn, r) for r in conn.execute(select(loras).order_by(loras.c.created_at)).all()]
 
     def delete_lora(self, lora_id: str) -> dict | None:
-        """Unregister an adapter; returns its row (the caller removes the file) or None."""
+        """Unregister an adapter; returns its row (the caller removes the files) or None."""
         with self._tx() as conn:
             row = conn.execute(select(loras).where(loras.c.id == lora_id)).first()
+            found = _with_embedding(conn, row) if row is not None else None
             if row is not None:
+                conn.execute(delete(lora_embeddings).where(lora_embeddings.c.lora_id == lora_id))
                 conn.execute(delete(loras).where(loras.c.id == lora_id))
-        return dict(row._mapping) if row is not None else None
+        return found
 
     def worker_seen(self, worker_id: str, *, pid: int, host: str, device: str, state: str,
                     now: float | None = None) -> None:

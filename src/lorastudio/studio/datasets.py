@@ -112,6 +112,7 @@ def create_dataset(data_dir: Path, dataset_id: str, files: list[tuple[str, bytes
         result = run_prepare(cfg, [str(raw)], home / "dataset", progress=False)
         facts = read_dataset_json(home / "dataset")
         write_dataset_json(home / "dataset", {**facts, "trigger": trigger})
+        make_thumbnails(data_dir, home)
     return {"id": dataset_id, "accepted": len(result.records), "rejected": [_public_rejection(r) for r in result.rejected]}
 
 
@@ -159,24 +160,67 @@ def find(recs: list[dict[str, Any]], image_id: str) -> dict[str, Any]:
     raise StudioError(404, "not_found", "no such image")
 
 
+_file_index: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}
+
+
+def image_file(home: Path, image_id: str) -> str:
+    """The manifest's `file` for an image id, from an index kept per manifest state (mtime, size,
+    inode): a gallery asks for dozens of thumbnails at once and must not parse the manifest for each."""
+    stat = (home / "dataset" / "manifest.jsonl").stat()
+    state = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    hit = _file_index.get(str(home))
+    if hit is None or hit[0] != state:
+        hit = (state, {r["id"]: r["file"] for r in records(home)})
+        _file_index[str(home)] = hit
+    try:
+        return hit[1][image_id]
+    except KeyError:
+        raise StudioError(404, "not_found", "no such image") from None
+
+
 def image_bytes(home: Path, image_id: str) -> bytes:
     """The processed image of a record, read with containment checks."""
-    record = find(records(home), image_id)
-    return read_contained(home / "dataset", record["file"])
+    return read_contained(home / "dataset", image_file(home, image_id))
 
 
 def thumbnail(data_dir: Path, home: Path, image_id: str) -> tuple[bytes, str]:
     """A 256 px JPEG thumbnail, cached once per content hash; returns (bytes, content hash)."""
+    data = image_bytes(home, image_id)
+    digest = hashlib.sha256(data).hexdigest()
+    cache = _thumb_path(data_dir, digest)
+    if cache.is_file():
+        return cache.read_bytes(), digest
+    return _write_thumbnail(data, cache), digest
+
+
+def make_thumbnails(data_dir: Path, home: Path) -> int:
+    """Make every missing thumbnail of a dataset now (prepare calls this, so a freshly prepared
+    gallery never waits on thumbnailing); returns how many were made."""
+    made = 0
+    for record in records(home):
+        data = read_contained(home / "dataset", record["file"])
+        cache = _thumb_path(data_dir, hashlib.sha256(data).hexdigest())
+        if not cache.is_file():
+            _write_thumbnail(data, cache)
+            made += 1
+    return made
+
+
+def _thumb_path(data_dir: Path, digest: str) -> Path:
+    return Path(data_dir) / "studio" / "thumbs" / digest[:2] / f"{digest}.jpg"
+
+
+def _write_thumbnail(data: bytes, cache: Path) -> bytes:
+    """Decode (with the safe limits), shrink to THUMB_SIDE, store atomically; returns the JPEG bytes."""
     from PIL import Image
 
     from lorastudio.data.images import DecodeLimits, decode_image
 
-    data = image_bytes(home, image_id)
-    digest = hashlib.sha256(data).hexdigest()
-    cache = Path(data_dir) / "studio" / "thumbs" / digest[:2] / f"{digest}.jpg"
-    if cache.is_file():
-        return cache.read_bytes(), digest
-    image = decode_image(data, DecodeLimits(max_pixels=64_000_000, max_bytes=200 * 1024 * 1024)).image
+    def need(width: int, height: int) -> tuple[int, int]:  # lets a big JPEG decode at 1/2..1/8 scale
+        scale = min(1.0, THUMB_SIDE / max(width, height))
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    image = decode_image(data, DecodeLimits(max_pixels=64_000_000, max_bytes=200 * 1024 * 1024), need=need).image
     image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=82)
@@ -184,7 +228,7 @@ def thumbnail(data_dir: Path, home: Path, image_id: str) -> tuple[bytes, str]:
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, cache)
-    return buffer.getvalue(), digest
+    return buffer.getvalue()
 
 
 def slots_view(record: dict[str, Any]) -> dict[str, str]:
@@ -274,16 +318,22 @@ def redo_image(home: Path, image_id: str) -> dict[str, Any]:
         return {"slots": slots_view(record), "version": version_of(record), "caption_text": record.get("caption_text") or ""}
 
 
+def _selection(home: Path, ids: list[str]) -> tuple[list[dict[str, Any]], set[str]]:
+    """The manifest records and the selected ids, every one of which must exist (404 otherwise)."""
+    recs = records(home)
+    wanted = set(ids)
+    missing = wanted - {r["id"] for r in recs}
+    if missing:
+        raise StudioError(404, "not_found", f"{len(missing)} selected image(s) do not exist")
+    return recs, wanted
+
+
 def bulk_add(home: Path, ids: list[str], slot: str, phrase: str, *, dry_run: bool) -> dict[str, Any]:
     """Add `phrase` to `slot` on the selected images as one op; the diff is returned either way."""
     from lorastudio.captions.edit import add_to_slot
 
     with _locks[home.name]:
-        recs = records(home)
-        wanted = set(ids)
-        missing = wanted - {r["id"] for r in recs}
-        if missing:
-            raise StudioError(404, "not_found", f"{len(missing)} selected image(s) do not exist")
+        recs, wanted = _selection(home, ids)
         source = new_source("studio-bulk", params={"edit": "add", "slot": slot, "phrase": phrase})
         changes, touched = [], []
         for record in recs:
@@ -305,6 +355,28 @@ def bulk_add(home: Path, ids: list[str], slot: str, phrase: str, *, dry_run: boo
             for record in touched:
                 write_sidecar(home / "dataset", record)
         return {"op": None if dry_run else source["op"], "dry_run": dry_run, "changes": changes}
+
+
+def review(home: Path, ids: list[str], *, reject: bool, reason: str = "") -> dict[str, Any]:
+    """Reject (flag `rejected`: kept on disk, never trained on) or restore the selected images."""
+    from lorastudio.data.manifest import REJECTED_FLAG
+
+    with _locks[home.name]:
+        recs, wanted = _selection(home, ids)
+        changed = []
+        for record in recs:
+            if record["id"] not in wanted or (REJECTED_FLAG in record.get("flags", [])) == reject:
+                continue
+            flags = [f for f in record.get("flags", []) if f != REJECTED_FLAG]
+            record["flags"] = [*flags, REJECTED_FLAG] if reject else flags
+            if reject:
+                record["rejected_by"] = {"reason": reason, "at": time.time()}
+            else:
+                record.pop("rejected_by", None)
+            changed.append(record["id"])
+        if changed:
+            write_manifest(home / "dataset", recs)
+        return {"action": "reject" if reject else "restore", "changed": changed}
 
 
 def undo_last_op(home: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The studio's HTML pages under /studio: views of the JSON API, rendered on the server.
 
 Jinja2 autoescapes every value (a caption holding markup shows as text). Pages carry no
-inline script or style: behaviour lives in static/studio.js, which calls the same JSON API
+inline script or style: behaviour lives in static/studio.js and studio_runs.js, which call the same JSON API
 with the session cookie and the page's CSRF token. A request without a session gets the
 login page with status 401; on a loopback bind with no key yet, a local session is issued.
 """
@@ -25,8 +25,8 @@ from lorastudio.studio.security import COOKIE, LOCAL_KEY, SESSION_S
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-STATIC_FILES = {"htmx.min.js": "text/javascript", "studio.js": "text/javascript", "studio.css": "text/css",
-                "htmx.LICENSE.txt": "text/plain"}
+STATIC_FILES = {"htmx.min.js": "text/javascript", "studio.js": "text/javascript", "studio_runs.js": "text/javascript",
+                "studio.css": "text/css", "htmx.LICENSE.txt": "text/plain"}
 PAGE_SIZE = 48
 router = APIRouter(include_in_schema=False)  # HTML pages; the JSON API is what OpenAPI documents
 _env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(default=True),
@@ -207,7 +207,16 @@ async def gallery(dataset_id: str, request: Request, q: str = ""):
     folder, images, audit = await _gallery_images(request, dataset_id, q[:500])
     return render("gallery.html", ctx, title=f"Dataset {dataset_id}", dataset=dataset_id, q=q, images=images[:PAGE_SIZE],
                   total=len(images), next_page=1 if len(images) > PAGE_SIZE else None, audit=audit,
-                  rejected=await run_in_threadpool(ds.rejected, folder), trigger=ds.trigger_of(folder))
+                  rejected=await run_in_threadpool(ds.rejected, folder), trigger=ds.trigger_of(folder),
+                  **await _captioners(request))
+
+
+async def _captioners(request: Request) -> dict[str, list[str]]:
+    """What the "Caption with a model" form offers (the same lists GET /v1/captioners answers)."""
+    from lorastudio.studio import captioning
+
+    models = await run_in_threadpool(captioning.local_models, request.app.state.settings.data_dir)
+    return {"caption_backends": list(captioning.BACKENDS), "caption_models": models}
 
 
 @router.get("/studio/datasets/{dataset_id}/grid")
@@ -236,7 +245,7 @@ async def editor(dataset_id: str, image_id: str, request: Request):
                 if image_id in row.get("present_unnamed", [])]
     return render("editor.html", ctx, title=f"Caption {image_id}", dataset=dataset_id, image=view,
                   prev=ids[at - 1] if at > 0 else None, next=ids[at + 1] if at + 1 < len(ids) else None,
-                  evidence=evidence, slots=SLOT_LABELS)
+                  evidence=evidence, slots=SLOT_LABELS, **await _captioners(request))
 
 
 SLOT_LABELS = [("trigger", "1. Trigger"), ("subject", "2. Subject"), ("shot", "3. Shot / composition"),
@@ -262,7 +271,7 @@ async def contamination(dataset_id: str, request: Request, audit_id: str | None 
 @router.get("/studio/jobs")
 async def jobs_page(request: Request, kind: str = "", status: str = ""):
     """P9: the durable queue."""
-    from lorastudio.serving.routes.admin import list_jobs
+    from lorastudio.serving.routes.admin import list_jobs, queue_paused
     from lorastudio.serving.routes.jobs import job_view
     from lorastudio.serving.store import STATES
 
@@ -272,7 +281,8 @@ async def jobs_page(request: Request, kind: str = "", status: str = ""):
                                     kind or None, 200)
     views = [await run_in_threadpool(job_view, store, j) for j in found]
     template = "jobs_rows.html" if request.headers.get("hx-request") else "jobs.html"
-    return render(template, ctx, title="Jobs", jobs=views, kind=kind, state_filter=status)
+    paused = await run_in_threadpool(queue_paused, store)
+    return render(template, ctx, title="Jobs", jobs=views, kind=kind, state_filter=status, paused=paused)
 
 
 @router.get("/studio/jobs/{job_id}")
@@ -332,7 +342,13 @@ async def compare_page(request: Request):
     data_dir = request.app.state.settings.data_dir
     ids = await run_in_threadpool(ds.list_datasets, data_dir)
     trigger = next((t for t in (ds.trigger_of(ds.dataset_home(data_dir, i)) for i in ids) if t), "ohwx_style")
-    return render("compare.html", ctx, title="Compare", loras=loras, trigger=trigger)
+    from lorastudio.serving.routes.admin import list_jobs
+    from lorastudio.serving.routes.runs import run_checkpoints
+
+    trains = await run_in_threadpool(list_jobs, request.app.state.store, ctx.caller.owner_filter(), "succeeded",
+                                     "train", 10)
+    runs = [r for r in [await run_in_threadpool(run_checkpoints, data_dir, j) for j in trains] if r and r["steps"]]
+    return render("compare.html", ctx, title="Compare", loras=loras, trigger=trigger, runs=runs)
 
 
 # Each form field is the typed training config key it becomes on the worker (runners.run_training).
@@ -376,13 +392,13 @@ async def training_form(request: Request, dataset: str = ""):
     if chosen:
         folder = home(request, chosen)
         gate = await run_in_threadpool(audit_gate, folder)
-        images = len(await run_in_threadpool(ds.records, folder))
+        images = sum(1 for r in await run_in_threadpool(ds.records, folder) if "rejected" not in r.get("flags", []))
     schema = StudioTraining.model_json_schema()["properties"]
     described = config_descriptions()
     fields = [{"name": name, "type": spec.get("type", "string"), "default": spec.get("default", ""),
                "min": spec.get("minimum", spec.get("exclusiveMinimum")), "max": spec.get("maximum"),
                "description": described.get(name) or spec.get("description", ""), "pattern": spec.get("pattern")}
-              for name, spec in schema.items() if name not in ("override_reason", "priority")]
+              for name, spec in schema.items() if name not in ("override_reason", "priority", "config_yaml")]
     return render("train.html", ctx, title="New training run", datasets=ids, dataset=chosen, gate=gate,
                   images=images, fields=fields, presets=PRESETS)
 

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lorastudio.serving.http import ApiError, Caller, not_found, require
 from lorastudio.serving.routes.jobs import job_view
-from lorastudio.serving.store import STATES, TERMINAL, Job, StoreError, jobs
+from lorastudio.serving.store import QUEUE_PAUSED, STATES, TERMINAL, Job, StoreError, counters, jobs
 
 router = APIRouter()
 
@@ -47,7 +47,7 @@ async def retry_job(job_id: str, request: Request, caller: Caller = Depends(requ
         raise not_found()
     if job.status not in TERMINAL:
         raise ApiError(409, "not_finished", f"the job is {job.status}; only finished jobs can be retried")
-    if job.kind == "train" and "train" not in caller.scopes and not caller.admin:
+    if job.kind in ("train", "caption") and "train" not in caller.scopes and not caller.admin:
         raise ApiError(403, "forbidden", "this key lacks the 'train' scope")
     new, _ = await run_in_threadpool(lambda: store.submit(job.kind, caller.key_id, job.params, priority=job.priority))
     return await run_in_threadpool(job_view, store, new)
@@ -81,6 +81,45 @@ async def prepend_job(job_id: str, request: Request, caller: Caller = Depends(re
     if job.status != "queued":
         raise ApiError(409, "not_queued", f"the job is {job.status}; only queued jobs can move")
     return await run_in_threadpool(job_view, store, job)
+
+
+def queue_paused(store) -> bool:  # noqa: ANN001
+    """Whether an admin paused the queue (workers claim nothing new while it is)."""
+    with store.engine.connect() as conn:
+        return bool(conn.execute(select(counters.c.value).where(counters.c.name == QUEUE_PAUSED)).scalar())
+
+
+def set_paused(store, paused: bool) -> None:  # noqa: ANN001
+    """Pause or resume the queue for every worker (the flag lives in the shared store)."""
+    from sqlalchemy import insert, update
+
+    with store._tx() as conn:
+        done = conn.execute(update(counters).where(counters.c.name == QUEUE_PAUSED).values(value=int(paused)))
+        if done.rowcount == 0:
+            conn.execute(insert(counters).values(name=QUEUE_PAUSED, value=int(paused)))
+
+
+@router.get("/v1/queue")
+async def queue_state(request: Request, caller: Caller = Depends(require("generate"))):
+    """Whether the queue is paused, and how many jobs are queued and running."""
+    store = request.app.state.store
+    counts = await run_in_threadpool(store.counts)
+    return {"paused": await run_in_threadpool(queue_paused, store), "queued": counts.get("queued", 0),
+            "running": counts.get("running", 0)}
+
+
+@router.post("/v1/queue/pause")
+async def pause_queue(request: Request, caller: Caller = Depends(require("admin"))):
+    """Stop handing out jobs (admin): running jobs finish, queued and new ones wait until resume."""
+    await run_in_threadpool(set_paused, request.app.state.store, True)
+    return await queue_state(request, caller)
+
+
+@router.post("/v1/queue/resume")
+async def resume_queue(request: Request, caller: Caller = Depends(require("admin"))):
+    """Hand out queued jobs again (admin)."""
+    await run_in_threadpool(set_paused, request.app.state.store, False)
+    return await queue_state(request, caller)
 
 
 @router.get("/v1/jobs/{job_id}/events-log")

@@ -54,6 +54,24 @@ class BulkEdit(BaseModel):
     dry_run: bool = True
 
 
+class Review(BaseModel):
+    """Reject the selected images from training (they stay on disk and in the manifest) or restore them."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] = Field(min_length=1, max_length=MAX_FILES)
+    action: Literal["reject", "restore"]
+    reason: str = Field(default="", max_length=200)
+
+
+class CaptionJob(BaseModel):
+    """Caption the dataset with a backend: a model folder name under models/captioners/ or a hub id."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["hf-caption", "hf-vlm", "tagger", "clip-probe"]
+    model: str = Field(min_length=1, max_length=200)
+    overwrite: bool = Field(default=False, description="re-caption images that already have a caption")
+
+
 class LintBody(BaseModel):
     """Slots to check (the editor calls this as you type)."""
 
@@ -83,6 +101,16 @@ def home(request: Request, dataset_id: str) -> Path:
         return ds.dataset_home(request.app.state.settings.data_dir, dataset_id)
     except ds.StudioError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
+
+
+async def writable(request: Request, dataset_id: str) -> Path:
+    """The dataset's folder for a change: 409 while a caption job on it is queued or running."""
+    from lorastudio.studio import captioning
+
+    folder = home(request, dataset_id)
+    if await run_in_threadpool(captioning.busy, request.app.state.store, dataset_id):
+        raise ApiError(409, "captioning", "a caption job is working on this dataset; change it when the job has finished")
+    return folder
 
 
 def image_view(request: Request, record: dict, trigger: str | None, audit: dict | None) -> dict:
@@ -173,8 +201,9 @@ def _media(data: bytes) -> str:
 async def put_caption(dataset_id: str, image_id: str, body: CaptionPut, request: Request,
                       caller: Caller = Depends(require("train"))):
     """Save one caption; 409 (with the stored caption) when someone saved since `version`."""
+    folder = await writable(request, dataset_id)
     try:
-        return await run_in_threadpool(ds.save_caption, home(request, dataset_id), image_id,
+        return await run_in_threadpool(ds.save_caption, folder, image_id,
                                        body.slots.model_dump(), body.version)
     except ds.StudioError as exc:
         from lorastudio.serving.http import problem
@@ -187,13 +216,13 @@ async def put_caption(dataset_id: str, image_id: str, body: CaptionPut, request:
 @router.post("/v1/datasets/{dataset_id}/images/{image_id}/undo")
 async def undo_caption(dataset_id: str, image_id: str, request: Request, caller: Caller = Depends(require("train"))):
     """Step this caption back one version (server history)."""
-    return await call(ds.undo_image, home(request, dataset_id), image_id)
+    return await call(ds.undo_image, await writable(request, dataset_id), image_id)
 
 
 @router.post("/v1/datasets/{dataset_id}/images/{image_id}/redo")
 async def redo_caption(dataset_id: str, image_id: str, request: Request, caller: Caller = Depends(require("train"))):
     """Re-apply the caption version last undone."""
-    return await call(ds.redo_image, home(request, dataset_id), image_id)
+    return await call(ds.redo_image, await writable(request, dataset_id), image_id)
 
 
 @router.post("/v1/datasets/{dataset_id}/lint")
@@ -210,13 +239,48 @@ async def lint_caption(dataset_id: str, body: LintBody, request: Request, caller
 @router.post("/v1/datasets/{dataset_id}/edits")
 async def bulk_edit(dataset_id: str, body: BulkEdit, request: Request, caller: Caller = Depends(require("train"))):
     """Add a phrase to a slot on the selected images; `dry_run` returns the diff only."""
-    return await call(ds.bulk_add, home(request, dataset_id), body.ids, body.slot, body.phrase, dry_run=body.dry_run)
+    folder = home(request, dataset_id) if body.dry_run else await writable(request, dataset_id)
+    return await call(ds.bulk_add, folder, body.ids, body.slot, body.phrase, dry_run=body.dry_run)
+
+
+@router.post("/v1/datasets/{dataset_id}/review")
+async def review_images(dataset_id: str, body: Review, request: Request, caller: Caller = Depends(require("train"))):
+    """Reject images from training (flag `rejected`, nothing deleted) or restore them; lists the ones changed."""
+    return await call(ds.review, await writable(request, dataset_id), body.ids, reject=body.action == "reject",
+                      reason=body.reason)
+
+
+@router.get("/v1/captioners")
+async def captioners(request: Request, caller: Caller = Depends(require("train"))):
+    """The captioning backends a caption job can run, and the model folders under models/captioners/."""
+    from lorastudio.studio import captioning
+
+    return {"backends": list(captioning.BACKENDS),
+            "models": await call(captioning.local_models, request.app.state.settings.data_dir)}
+
+
+@router.post("/v1/datasets/{dataset_id}/captions", status_code=202)
+async def caption_dataset(dataset_id: str, body: CaptionJob, request: Request,
+                          caller: Caller = Depends(require("train"))):
+    """Queue a `caption` job: the backend writes golden-order captions (one undoable operation)."""
+    from lorastudio.serving.http import admit
+    from lorastudio.serving.routes.jobs import job_view
+    from lorastudio.studio import captioning
+
+    folder = await writable(request, dataset_id)  # one caption job per dataset at a time
+    store = request.app.state.store
+    await call(captioning.resolve_model, request.app.state.settings.data_dir, body.model)
+    await run_in_threadpool(admit, request, caller)
+    params = {"dataset": dataset_id, "backend": body.backend, "model": body.model, "overwrite": body.overwrite,
+              "trigger": ds.trigger_of(folder) or ""}
+    job, _ = await run_in_threadpool(lambda: store.submit("caption", caller.key_id, params, max_attempts=1))
+    return await run_in_threadpool(job_view, store, job)
 
 
 @router.post("/v1/datasets/{dataset_id}/undo")
 async def undo_op(dataset_id: str, request: Request, caller: Caller = Depends(require("train"))):
     """Revert the latest caption operation (bulk edit, fix or save) on every image it touched."""
-    return await call(ds.undo_last_op, home(request, dataset_id))
+    return await call(ds.undo_last_op, await writable(request, dataset_id))
 
 
 @router.post("/v1/datasets/{dataset_id}/audits", status_code=201)
@@ -238,7 +302,7 @@ async def get_audit(dataset_id: str, audit_id: str, request: Request, caller: Ca
 @router.post("/v1/datasets/{dataset_id}/fix")
 async def fix(dataset_id: str, request: Request, apply: bool = False, caller: Caller = Depends(require("train"))):
     """The caption diff `audit --fix` would write; `?apply=true` writes it as one undoable op and re-audits."""
-    folder = home(request, dataset_id)
+    folder = await writable(request, dataset_id) if apply else home(request, dataset_id)
     out = await call(ds.plan_fix, folder, apply=apply)
     if apply and out["op"]:
         out["audit"] = await call(ds.audit, folder, tokenizer_dir=model_dir(request))

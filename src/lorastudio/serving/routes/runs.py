@@ -29,6 +29,63 @@ class StudioTraining(TrainingFields):
 
     trigger: str = Field(default="", pattern=r"^([A-Za-z0-9_]{2,64})?$", description="empty = the dataset's trigger")
     override_reason: str = Field(default="", max_length=500, description="why to train despite audit errors")
+    config_yaml: str = Field(default="", max_length=64 * 1024,
+                             description="the Advanced tab's YAML: a whole training config; its values win over the fields")
+
+
+# Keys the server decides: the served base model, the staged dataset, where the run is written,
+# caches and debug switches. YAML from the Advanced tab may not change them from their defaults.
+SERVER_KEYS = {"model": ("path", "revision", "variant"), "data": ("datasets", "regularization"),
+               "train": ("method", "cache", "cache_dir", "debug_nan_at_steps", "debug_stop_after_step")}
+YAML_SECTIONS = ("data", "network", "train", "sample", "save", "logging")
+
+
+def parse_config(text: str):  # noqa: ANN201 - TrainConfig, imported lazily
+    """YAML text -> the typed training config, or a 422 with the CLI's message ('did you mean ...')."""
+    import yaml
+
+    from lorastudio.config.loader import format_validation_error
+    from lorastudio.config.train import TrainConfig
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ApiError(422, "bad_yaml", f"not valid YAML: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "bad_yaml", "the config must be a YAML mapping")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_config", format_validation_error(TrainConfig, exc, "YAML tab")[:4000]) from None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_config", str(exc)[:1000]) from None
+
+
+def yaml_overrides(text: str, family: str) -> tuple[dict, dict]:
+    """The Advanced tab's config as (per-section values the worker merges into its config, the form
+    fields they imply); refuses a different family and any change to a key the server decides."""
+    from lorastudio.config.train import FAMILY_DEFAULTS, TrainConfig
+
+    cfg = parse_config(text)
+    if cfg.model.family != family:
+        raise ApiError(422, "wrong_family", f"model.family: this server trains '{family}' models, the YAML says "
+                                            f"'{cfg.model.family}'")
+    given = cfg.model_dump(mode="json")
+    default = TrainConfig.model_validate(FAMILY_DEFAULTS[family]).model_dump(mode="json")
+    if given["output_dir"] != default["output_dir"]:
+        raise ApiError(422, "server_key", "output_dir is decided by the server (each run has its own folder); "
+                                          "remove it from the YAML")
+    for section, keys in SERVER_KEYS.items():
+        for key in keys:
+            if given[section][key] != default[section][key]:
+                raise ApiError(422, "server_key", f"{section}.{key} is decided by the server; remove it from the YAML")
+    overrides = {section: {k: v for k, v in given[section].items() if k not in SERVER_KEYS.get(section, ())}
+                 for section in YAML_SECTIONS}
+    if cfg.train.max_steps is None:
+        raise ApiError(422, "invalid_config", "train.max_steps: the studio trains by steps; set it (epochs are not used)")
+    fields = {"steps": cfg.train.max_steps, "rank": cfg.network.rank, "learning_rate": cfg.train.lr,
+              "checkpoint_every": cfg.save.every_n_steps}
+    return overrides, fields
 
 
 def audit_gate(folder) -> dict:  # noqa: ANN001
@@ -42,11 +99,15 @@ def audit_gate(folder) -> dict:  # noqa: ANN001
 
 
 def stage_run(data_dir, folder, run_id: str) -> int:  # noqa: ANN001
-    """Copy processed images + sidecars into the run's raw/ folder; returns the image count."""
+    """Copy processed images + sidecars (rejected images left out) into the run's raw/ folder; returns the count."""
+    from lorastudio.data.manifest import REJECTED_FLAG
+
     raw = data_dir / "datasets" / run_id / "raw"
     raw.mkdir(parents=True)
     count = 0
     for record in ds.records(folder):
+        if REJECTED_FLAG in record.get("flags", []):
+            continue
         image = ds.contained(folder / "dataset", record["file"])
         shutil.copyfile(image, raw / image.name)
         sidecar = image.with_suffix(".txt")
@@ -68,6 +129,14 @@ async def train_dataset(dataset_id: str, body: StudioTraining, request: Request,
     """Queue a training run on this dataset (its LoRA is registered as `lora_id` when it succeeds)."""
     folder = home(request, dataset_id)
     store, settings = request.app.state.store, request.app.state.settings
+    config = None
+    if body.config_yaml.strip():  # the Advanced tab: its values replace the form's, within the same bounds
+        config, implied = await run_in_threadpool(yaml_overrides, body.config_yaml, settings.family)
+        try:
+            body = StudioTraining.model_validate({**body.model_dump(), **implied})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ApiError(422, "out_of_bounds", f"{first['loc'][-1]}: {first['msg']} (this service's limit)") from None
     verdict = await run_in_threadpool(audit_gate, folder)
     if not verdict["ok"] and len(body.override_reason.strip()) < 10:
         raise ApiError(409, "audit_gate", f"{verdict['reason']}; fix it or give an override reason (10+ characters)")
@@ -79,15 +148,94 @@ async def train_dataset(dataset_id: str, body: StudioTraining, request: Request,
         images = await run_in_threadpool(stage_run, settings.data_dir, folder, run_id)
     except ds.StudioError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
-    fields = body.model_dump(exclude={"override_reason"})
+    fields = body.model_dump(exclude={"override_reason", "config_yaml"})
     fields["trigger"] = fields["trigger"] or ds.trigger_of(folder) or ""
     if not fields["trigger"]:
         raise ApiError(422, "no_trigger", "the dataset has no trigger word; give one")
     params = {**fields, "run_id": run_id, "dataset": dataset_id, "images": images,
               "override_reason": body.override_reason.strip() or None}
+    if config is not None:
+        params["config"] = config
     job, _ = await run_in_threadpool(lambda: store.submit("train", caller.key_id, params, priority=body.priority,
                                                           max_attempts=3))
     return {**await run_in_threadpool(job_view, store, job), "lora_id": body.lora_id}
+
+
+@router.get("/v1/jobs/{job_id}/samples/{step}/{name}")
+async def job_sample(job_id: str, step: int, name: str, request: Request,
+                     caller: Caller = Depends(require("generate"))):
+    """One sample image a training job rendered at `step` (the Run page shows them as `sample` events arrive)."""
+    import re
+
+    from fastapi.responses import Response
+
+    job = await run_in_threadpool(request.app.state.store.get, job_id, caller.owner_filter())
+    run_id = str((job.params or {}).get("run_id", "")) if job is not None else ""
+    if job is None or job.kind != "train" or not re.fullmatch(r"[0-9a-f]{32}", run_id) \
+            or not re.fullmatch(r"\d{1,4}\.png", name) or step < 0:
+        raise ApiError(404, "not_found", "no such sample")
+    base = request.app.state.settings.data_dir / "datasets" / run_id / "run" / "samples"
+    try:
+        data = await run_in_threadpool(ds.read_contained, base, f"step_{step}/{name}")
+    except ds.StudioError:
+        raise ApiError(404, "not_found", "no such sample") from None
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def run_checkpoints(data_dir, job) -> dict | None:  # noqa: ANN001
+    """A training job's complete checkpoints (steps) and `lorastudio evaluate`'s recommendation, if it ran."""
+    import json
+    import re
+
+    run_id = str((job.params or {}).get("run_id", ""))
+    if job.kind != "train" or not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        return None
+    run = data_dir / "datasets" / run_id / "run"
+    folders = (run / "checkpoints").glob("step_*") if (run / "checkpoints").is_dir() else []
+    steps = sorted(int(p.name[5:]) for p in folders if p.name[5:].isdigit() and not p.is_symlink()
+                   and (p / "COMPLETE.json").is_file() and (p / "lora.safetensors").is_file())
+    recommended = None
+    evaluation = run / "evaluation.json"
+    if evaluation.is_file() and not evaluation.is_symlink():
+        rec = json.loads(evaluation.read_text(encoding="utf-8")).get("recommendation") or {}
+        if rec.get("step") is not None:
+            recommended = {"step": int(rec["step"]), "scale": rec.get("scale"), "reason": rec.get("reason", "")}
+    return {"job": job.id, "lora_id": job.params.get("lora_id"), "steps": steps, "recommended": recommended}
+
+
+@router.get("/v1/jobs/{job_id}/checkpoints")
+async def checkpoints(job_id: str, request: Request, caller: Caller = Depends(require("generate"))):
+    """The run's checkpoints and the recommended one (from the run's evaluation.json)."""
+    job = await run_in_threadpool(request.app.state.store.get, job_id, caller.owner_filter())
+    found = await run_in_threadpool(run_checkpoints, request.app.state.settings.data_dir, job) if job else None
+    if found is None:
+        raise ApiError(404, "not_found", "no such training job")
+    return found
+
+
+@router.post("/v1/jobs/{job_id}/checkpoints/{step}/lora")
+async def checkpoint_lora(job_id: str, step: int, request: Request, caller: Caller = Depends(require("train"))):
+    """Register one checkpoint as the LoRA `<lora_id>-s<step>` (the Compare grid's columns); idempotent."""
+    from lorastudio.serving.routes.loras import register_file
+    from lorastudio.serving.uploads import UploadError
+
+    settings, store = request.app.state.settings, request.app.state.store
+    job = await run_in_threadpool(store.get, job_id, caller.owner_filter())
+    found = await run_in_threadpool(run_checkpoints, settings.data_dir, job) if job else None
+    if found is None or step not in found["steps"]:
+        raise ApiError(404, "not_found", "no such checkpoint")
+    lora_id = f"{found['lora_id']}-s{step}"[:64]
+    existing = await run_in_threadpool(store.get_lora, lora_id)
+    if existing is not None:
+        return existing
+    source = settings.data_dir / "datasets" / job.params["run_id"] / "run" / "checkpoints" / f"step_{step}" / "lora.safetensors"
+    tmp = settings.data_dir / "tmp" / f"{uuid.uuid4().hex}.upload"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    await run_in_threadpool(shutil.copyfile, source, tmp)
+    try:
+        return await run_in_threadpool(register_file, settings, store, tmp, lora_id, caller.key_id)
+    except UploadError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
 
 
 class ConfigText(BaseModel):
@@ -111,21 +259,6 @@ async def default_config(family: str = "sd15", caller: Caller = Depends(require(
 @router.post("/v1/configs/check")
 async def check_config(body: ConfigText, caller: Caller = Depends(require("train"))):
     """Validate YAML against the typed training config: the resolved YAML, or the CLI's errors ('did you mean')."""
-    import yaml
+    from lorastudio.config.loader import commented_yaml
 
-    from lorastudio.config.loader import commented_yaml, format_validation_error
-    from lorastudio.config.train import TrainConfig
-
-    try:
-        data = yaml.safe_load(body.yaml)
-    except yaml.YAMLError as exc:
-        raise ApiError(422, "bad_yaml", f"not valid YAML: {str(exc).splitlines()[0][:200]}") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "bad_yaml", "the config must be a YAML mapping")
-    try:
-        cfg = TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_config", format_validation_error(TrainConfig, exc, "YAML tab")[:4000]) from None
-    except ValueError as exc:
-        raise ApiError(422, "invalid_config", str(exc)[:1000]) from None
-    return {"ok": True, "yaml": commented_yaml(cfg)}
+    return {"ok": True, "yaml": commented_yaml(await run_in_threadpool(parse_config, body.yaml))}

@@ -1,0 +1,381 @@
+// lorastudio studio, run pages: jobs and the live run view, settings, the training form, enhance and
+// compare. Loaded after studio.js, whose helpers (CSRF, api, el, flash) it uses; same rules: no
+// inline code, server values written with textContent only.
+"use strict";
+
+// ---------------------------------------------------------------- jobs
+function initJobs() {
+  document.body.addEventListener("click", async (event) => {
+    const action = event.target.dataset.action;
+    if (action === "pause-queue" || action === "resume-queue") {
+      try {
+        const out = await api("POST", "/v1/queue/" + (action === "pause-queue" ? "pause" : "resume"));
+        const button = event.target;
+        button.dataset.action = out.paused ? "resume-queue" : "pause-queue";
+        button.textContent = out.paused ? "Resume queue" : "Pause queue";
+        const label = document.getElementById("queue-label");
+        label.textContent = out.paused ? "queue paused: no new job starts" : "queue running";
+        label.className = "state " + (out.paused ? "state-canceled" : "state-running");
+        document.getElementById("queue-state").dataset.paused = out.paused ? "yes" : "no";
+        flash(out.paused ? "Queue paused" : "Queue resumed");
+      } catch (error) { flash(error.message, true); }
+      return;
+    }
+    const job = event.target.dataset.job;
+    if (!job || !["cancel-job", "retry-job", "prepend-job"].includes(action)) return;
+    try {
+      if (action === "prepend-job") {
+        await api("POST", `/v1/jobs/${job}/prepend`);
+        flash("Job " + job.slice(0, 8) + " runs next");
+      } else if (action === "cancel-job") {
+        const out = await api("DELETE", `/v1/jobs/${job}`);
+        flash("Job " + job.slice(0, 8) + ": " + out.status);
+      } else {
+        const out = await api("POST", `/v1/jobs/${job}/retry`);
+        flash("Queued again as " + out.id.slice(0, 8));
+      }
+      if (!document.getElementById("job-rows")) setTimeout(() => location.reload(), 300);
+    } catch (error) { flash(error.message, true); }
+  });
+}
+
+function initLive() {
+  const live = document.getElementById("live");
+  if (!live || !window.EventSource) return;
+  const points = new Map();
+  const status = document.getElementById("live-status");
+  const line = document.getElementById("loss-line");
+  const events = document.getElementById("events");
+  const seen = new Set(Array.from(events.children).map((li) => li.dataset.event));
+  function draw() {
+    const steps = Array.from(points.keys()).sort((a, b) => a - b);
+    if (!steps.length) return;
+    const losses = steps.map((s) => points.get(s));
+    const lo = Math.min(...losses), hi = Math.max(...losses), last = steps[steps.length - 1] || 1;
+    line.setAttribute("points", steps.map((s, i) =>
+      `${(400 * s / last).toFixed(1)},${(115 - 110 * (losses[i] - lo) / ((hi - lo) || 1)).toFixed(1)}`).join(" "));
+    line.dataset.points = String(steps.length);
+  }
+  const samples = document.getElementById("samples");
+  const shownSamples = new Set();
+  function addSamples(data) {
+    if (!samples || shownSamples.has(data.step)) return;
+    shownSamples.add(data.step);
+    const none = document.getElementById("no-samples");
+    if (none) none.remove();
+    const row = el("figure", undefined, "sample-row");
+    row.dataset.step = String(data.step);
+    row.appendChild(el("figcaption", "step " + data.step));
+    for (const name of data.files) {
+      const img = document.createElement("img");
+      img.src = `/v1/jobs/${live.dataset.job}/samples/${data.step}/${encodeURIComponent(name)}`;
+      img.alt = "sample " + name + " at step " + data.step;
+      row.appendChild(img);
+    }
+    samples.appendChild(row);
+  }
+  function showRate(data) {
+    if (typeof data.lr === "number") document.getElementById("live-lr").textContent = data.lr.toExponential(2);
+    if (typeof data.s_per_step === "number" && data.n) {
+      const left = Math.max(0, Math.round((data.n - data.step) * data.s_per_step));
+      const eta = document.getElementById("live-eta");
+      eta.textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+      eta.dataset.seconds = String(left);
+    }
+  }
+  const source = new EventSource(`/v1/jobs/${live.dataset.job}/events`);
+  for (const kind of ["queued", "started", "step", "sample", "completed", "failed", "canceled", "expired"]) {
+    source.addEventListener(kind, (event) => {
+      const data = JSON.parse(event.data);
+      if (!seen.has(event.lastEventId)) {
+        seen.add(event.lastEventId);
+        const li = el("li", kind + " " + event.data);
+        li.dataset.event = event.lastEventId;
+        events.appendChild(li);
+      }
+      if (kind === "sample") addSamples(data);
+      if (kind === "step" && typeof data.loss === "number") {
+        points.set(data.step, data.loss);
+        draw();
+        showRate(data);
+        status.textContent = `step ${data.step}/${data.n} · loss ${data.loss.toFixed(4)}`;
+      } else if (kind === "step") {
+        status.textContent = `step ${data.i}/${data.n}`;
+      }
+      if (["completed", "failed", "canceled", "expired"].includes(kind)) {
+        document.getElementById("job-status").textContent = kind;
+        const stop = document.querySelector('#job-actions [data-action="cancel-job"]');
+        if (stop) stop.hidden = true;
+        source.close();
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------- settings
+function initSettings() {
+  const form = document.getElementById("key-form");
+  if (form) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const scopes = Array.from(form.querySelectorAll('input[name="scopes"]:checked')).map((b) => b.value);
+      try {
+        const out = await api("POST", "/v1/keys", { name: form.elements.name.value, scopes });
+        document.getElementById("new-key-token").textContent = out.token;
+        document.getElementById("new-key").hidden = false;
+        flash("Key created. From now on the studio needs a login.");
+      } catch (error) { flash(error.message, true); }
+    });
+  }
+  const keys = document.getElementById("keys");
+  if (keys) {
+    keys.addEventListener("click", async (event) => {
+      if (event.target.dataset.action !== "revoke-key") return;
+      try {
+        await api("DELETE", `/v1/keys/${event.target.dataset.key}`);
+        location.reload();
+      } catch (error) { flash(error.message, true); }
+    });
+  }
+}
+
+// ---------------------------------------------------------------- training form
+function initTraining() {
+  const form = document.getElementById("train-form");
+  if (!form) return;
+  const images = Number(form.dataset.images) || 0;
+  const submit = document.getElementById("t-submit");
+  const override = document.getElementById("t-override");
+  function epochs() {
+    const steps = Number(form.elements.steps.value) || 0;
+    document.getElementById("epochs").textContent = images
+      ? `${steps} steps over ${images} images at batch 1 = ${(steps / images).toFixed(1)} epochs` : "";
+  }
+  form.elements.steps.addEventListener("input", epochs);
+  epochs();
+  if (override) {
+    override.addEventListener("input", () => refresh());
+  }
+  document.getElementById("t-dataset").addEventListener("change", (event) => {
+    location.href = "/studio/runs/new?dataset=" + encodeURIComponent(event.target.value);
+  });
+  document.getElementById("t-preset").addEventListener("change", (event) => {
+    const option = event.target.selectedOptions[0];
+    if (!option.dataset.values) return;
+    const values = JSON.parse(option.dataset.values);
+    for (const [name, value] of Object.entries(values)) {
+      if (form.elements[name]) form.elements[name].value = value;
+    }
+    epochs();
+  });
+  let yamlBad = false;
+  const gateOk = () => form.dataset.gateOk === "yes" || (override && override.value.trim().length >= 10);
+  const yamlSubmit = document.getElementById("y-submit");
+  const refresh = () => {
+    submit.disabled = yamlBad || !gateOk();
+    yamlSubmit.disabled = yamlBad || !gateOk();
+  };
+  refresh();
+  const result = document.getElementById("y-result");
+  document.getElementById("yaml-tab").addEventListener("click", async (event) => {
+    const action = event.target.dataset.action;
+    const text = document.getElementById("y-text");
+    try {
+      if (action === "yaml-defaults") {
+        const out = await api("GET", "/v1/configs/default?family=" + document.getElementById("y-family").value);
+        text.value = out.yaml;
+      }
+      if (action === "yaml-check") {
+        result.hidden = false;
+        try {
+          const out = await api("POST", "/v1/configs/check", { yaml: text.value });
+          text.value = out.yaml;
+          result.textContent = "valid";
+          result.className = "yaml-result ok";
+          yamlBad = false;
+        } catch (error) {
+          result.textContent = error.message;
+          result.className = "yaml-result error";
+          yamlBad = true;
+        }
+        refresh();
+      }
+      if (action === "yaml-submit") await start(text.value);
+    } catch (error) { flash(error.message, true); }
+  });
+  async function start(configYaml) {
+    if (yamlBad) { flash("Fix the YAML tab first", true); return; }
+    const body = {};
+    for (const input of form.querySelectorAll("input")) {
+      if (!input.name || input.value === "") continue;
+      body[input.name] = input.type === "number" ? Number(input.value) : input.value;
+    }
+    if (configYaml !== undefined) body.config_yaml = configYaml;
+    try {
+      const job = await api("POST", `/v1/datasets/${form.getAttribute("data-dataset")}/trainings`, body);
+      location.href = "/studio/jobs/" + job.id;
+    } catch (error) {
+      if (configYaml !== undefined) {  // the server's verdict on the YAML belongs beside it
+        result.hidden = false;
+        result.textContent = error.message;
+        result.className = "yaml-result error";
+      }
+      flash(error.message, true);
+    }
+  }
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    await start(undefined);
+  });
+}
+
+// ---------------------------------------------------------------- enhance playground
+async function finished(jobId) {
+  for (;;) {
+    const job = await api("GET", `/v1/jobs/${jobId}`);
+    if (["succeeded", "failed", "canceled", "expired"].includes(job.status)) return job;
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+}
+
+function initEnhance() {
+  const form = document.getElementById("enhance-form");
+  if (!form) return;
+  const after = document.getElementById("after");
+  const slider = document.getElementById("slider");
+  const clip = () => { after.style.clipPath = `inset(0 0 0 ${slider.value}%)`; };
+  slider.addEventListener("input", clip);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const file = form.elements.image.files[0];
+    const seeds = document.getElementById("e-batch").checked ? 4 : 1;
+    const first = Number(form.elements.seed.value) || 0;
+    const fields = { strength: Number(form.elements.strength.value), steps: Number(form.elements.steps.value),
+                     control: form.elements.control.value };
+    if (form.elements.lora.value) fields.loras = [{ id: form.elements.lora.value, scale: Number(form.elements.scale.value) }];
+    flash("Queued " + seeds + " job(s)…");
+    try {
+      const ids = [];
+      for (let k = 0; k < seeds; k++) {
+        const body = new FormData();
+        body.append("image", file);
+        body.append("prompt", form.elements.prompt.value);
+        body.append("fields", JSON.stringify({ ...fields, seed: first + k }));
+        const response = await fetch("/v1/images/edits", { method: "POST", body, credentials: "same-origin",
+          headers: { "X-CSRF-Token": CSRF, "Prefer": "respond-async" } });
+        const data = await response.json();
+        if (!response.ok) throw new Error(data.detail || ("HTTP " + response.status));
+        ids.push(data.id);
+      }
+      document.getElementById("before").src = URL.createObjectURL(file);
+      const outputs = document.getElementById("outputs");
+      outputs.replaceChildren();
+      document.getElementById("results").hidden = false;
+      for (const id of ids) {
+        const job = await finished(id);
+        if (job.status !== "succeeded") { flash(`job ${id.slice(0, 8)}: ${job.error ? job.error.message : job.status}`, true); continue; }
+        for (const sha of job.images) {
+          const img = el("img");
+          img.src = `/v1/images/${sha}`;
+          img.alt = "seed output";
+          img.addEventListener("click", () => { after.src = img.src; });
+          outputs.appendChild(img);
+          if (!after.getAttribute("src")) { after.src = img.src; clip(); }
+        }
+      }
+      flash("Done: " + ids.length + " job(s)");
+    } catch (error) { flash(error.message, true); }
+  });
+}
+
+// ---------------------------------------------------------------- compare grid
+function initCompare() {
+  const form = document.getElementById("compare-form");
+  if (!form) return;
+  const table = document.getElementById("cmp-grid");
+  const after = document.getElementById("after");
+  const a = document.getElementById("cmp-a");
+  const slider = document.getElementById("slider");
+  slider.addEventListener("input", () => { after.style.clipPath = `inset(0 0 0 ${slider.value}%)`; });
+  let nextPick = "a";
+  table.addEventListener("click", (event) => {
+    const img = event.target.closest("img");
+    if (!img) return;
+    table.querySelectorAll(".pick-" + nextPick).forEach((n) => n.classList.remove("pick-" + nextPick));
+    img.classList.add("pick-" + nextPick);
+    (nextPick === "a" ? a : after).src = img.src;
+    nextPick = nextPick === "a" ? "b" : "a";
+    document.getElementById("ab").hidden = false;
+    after.style.clipPath = `inset(0 0 0 ${slider.value}%)`;
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const trigger = form.elements.trigger.value.trim();
+    const prompts = form.elements.prompts.value.split("\n").map((p) => p.trim()).filter(Boolean);
+    if (!prompts.length) { flash("Give at least one prompt", true); return; }
+    if (trigger && prompts[0].includes(trigger)) {
+      prompts.push(prompts[0].replace(trigger, "").replace(/^[,\s]+/, ""));
+    }
+    const scales = form.elements.scales.value.split(",").map(Number).filter((x) => !Number.isNaN(x));
+    const loras = Array.from(form.querySelectorAll('input[name="lora"]:checked')).map((b) => b.value);
+    const columns = [{ label: "base", loras: [] }];
+    for (const id of loras) for (const scale of scales) columns.push({ label: `${id} × ${scale}`, loras: [{ id, scale }] });
+    for (const box of form.querySelectorAll('input[name="ckpt"]:checked')) {  // one column per checkpoint x scale
+      const [job, step] = box.value.split(":");
+      let row;
+      try { row = await api("POST", `/v1/jobs/${job}/checkpoints/${step}/lora`); } catch (error) { flash(error.message, true); return; }
+      const best = box.dataset.recommendedScale;
+      for (const scale of scales) {
+        columns.push({ label: `${box.dataset.lora} step ${step} × ${scale}`, loras: [{ id: row.id, scale }],
+                       recommended: best !== undefined && Number(best) === scale });
+      }
+    }
+    table.replaceChildren();
+    const head = document.createElement("tr");
+    head.appendChild(el("th", "prompt"));
+    for (const c of columns) {
+      const th = el("th", c.label + (c.recommended ? " ★" : ""));
+      if (c.recommended) { th.classList.add("recommended"); th.title = "recommended by lorastudio evaluate"; }
+      head.appendChild(th);
+    }
+    table.appendChild(head);
+    const jobs = [];
+    for (const [row, prompt] of prompts.entries()) {
+      const tr = document.createElement("tr");
+      tr.appendChild(el("td", prompt + (row === prompts.length - 1 && prompts.length > 1 && trigger ? " (leak row)" : "")));
+      for (const column of columns) {
+        const td = el("td", "…");
+        if (column.recommended) td.classList.add("recommended");
+        tr.appendChild(td);
+        jobs.push({ td, body: { prompt, loras: column.loras, seed: Number(form.elements.seed.value) || 0,
+                                steps: Number(form.elements.steps.value) || 20, size: form.elements.size.value, response_format: "url" } });
+      }
+      table.appendChild(tr);
+    }
+    try {
+      for (const job of jobs) {
+        const response = await fetch("/v1/images/generations", { method: "POST", credentials: "same-origin",
+          headers: { "X-CSRF-Token": CSRF, "Prefer": "respond-async", "Content-Type": "application/json" },
+          body: JSON.stringify(job.body) });
+        const data = await response.json();
+        if (!response.ok) throw new Error(data.detail || ("HTTP " + response.status));
+        job.id = data.id;
+      }
+      for (const job of jobs) {
+        const done = await finished(job.id);
+        job.td.replaceChildren();
+        if (done.status !== "succeeded") { job.td.textContent = done.status; continue; }
+        const img = el("img");
+        img.src = `/v1/images/${done.images[0]}`;
+        img.alt = job.body.prompt;
+        job.td.appendChild(img);
+      }
+      flash(`Grid done: ${jobs.length} cell(s)`);
+    } catch (error) { flash(error.message, true); }
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {  // runs after studio.js's (scripts load in order)
+  for (const init of [initJobs, initLive, initSettings, initTraining, initEnhance, initCompare]) init();
+  document.body.dataset.ready = "1";  // handlers attached (the browser tests wait for this before clicking)
+});
