@@ -179,7 +179,27 @@ def _matches(image: dict, terms: list[str]) -> bool:
     return True
 
 
-async def _gallery_images(request: Request, dataset_id: str, q: str) -> tuple[Path, list[dict], dict | None]:
+class _Views:
+    """A dataset's gallery views, each built (caption tokenized, linted) the first time it is shown.
+
+    An unfiltered page needs only its own 24 views, so a 2,000-image gallery opens without
+    tokenizing 2,000 captions; a filter builds them all once, and the cache keeps them."""
+
+    def __init__(self, recs: list[dict], make: Any) -> None:
+        self.recs, self.make, self.built = recs, make, {}
+
+    def page(self, start: int, stop: int) -> list[dict]:
+        return [self.view(i) for i in range(start, min(stop, len(self.recs)))]
+
+    def view(self, i: int) -> dict:
+        if i not in self.built:
+            self.built[i] = self.make(self.recs[i])
+        return self.built[i]
+
+
+async def _gallery_images(request: Request, dataset_id: str, q: str, page: int = 0
+                          ) -> tuple[Path, list[dict], int, dict | None]:
+    """One page of the gallery (views `page * PAGE_SIZE` on, after the filter) and the total."""
     from lorastudio.serving.routes.datasets import home, image_view
 
     folder = home(request, dataset_id)
@@ -193,20 +213,26 @@ async def _gallery_images(request: Request, dataset_id: str, q: str) -> tuple[Pa
     if views is None:
         recs = await run_in_threadpool(ds.records, folder)
         trigger = ds.trigger_of(folder)
-        views = await run_in_threadpool(lambda: [image_view(request, r, trigger, audit) for r in recs])
+        views = _Views(recs, lambda r: image_view(request, r, trigger, audit))
         cache.clear()  # one dataset's views at a time keeps memory bounded
         cache[key] = views
+    start = max(0, page) * PAGE_SIZE
     terms = q.split()
-    return folder, [v for v in views if _matches(v, terms)], audit
+    if not terms:
+        shown = await run_in_threadpool(views.page, start, start + PAGE_SIZE)
+        return folder, shown, len(views.recs), audit
+    every = await run_in_threadpool(views.page, 0, len(views.recs))
+    matched = [v for v in every if _matches(v, terms)]
+    return folder, matched[start:start + PAGE_SIZE], len(matched), audit
 
 
 @router.get("/studio/datasets/{dataset_id}")
 async def gallery(dataset_id: str, request: Request, q: str = ""):
     """P2: the gallery (first page; later pages load as you scroll)."""
     ctx = await session(request)
-    folder, images, audit = await _gallery_images(request, dataset_id, q[:500])
-    return render("gallery.html", ctx, title=f"Dataset {dataset_id}", dataset=dataset_id, q=q, images=images[:PAGE_SIZE],
-                  total=len(images), next_page=1 if len(images) > PAGE_SIZE else None, audit=audit,
+    folder, images, total, audit = await _gallery_images(request, dataset_id, q[:500])
+    return render("gallery.html", ctx, title=f"Dataset {dataset_id}", dataset=dataset_id, q=q, images=images,
+                  total=total, next_page=1 if total > PAGE_SIZE else None, audit=audit,
                   rejected=await run_in_threadpool(ds.rejected, folder), trigger=ds.trigger_of(folder),
                   **await _captioners(request))
 
@@ -223,10 +249,9 @@ async def _captioners(request: Request) -> dict[str, list[str]]:
 async def gallery_page(dataset_id: str, request: Request, page: int = 1, q: str = ""):
     """One more page of thumbnails (an htmx partial)."""
     ctx = await session(request)
-    _folder, images, _audit = await _gallery_images(request, dataset_id, q[:500])
-    start = max(0, page) * PAGE_SIZE
-    more = page + 1 if len(images) > start + PAGE_SIZE else None
-    return render("grid.html", ctx, dataset=dataset_id, q=q, images=images[start:start + PAGE_SIZE], next_page=more)
+    _folder, images, total, _audit = await _gallery_images(request, dataset_id, q[:500], page)
+    more = page + 1 if total > max(0, page) * PAGE_SIZE + PAGE_SIZE else None
+    return render("grid.html", ctx, dataset=dataset_id, q=q, images=images, next_page=more)
 
 
 @router.get("/studio/datasets/{dataset_id}/images/{image_id}")
