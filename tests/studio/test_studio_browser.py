@@ -377,6 +377,8 @@ def test_compare_grid_has_a_leak_row_and_an_ab_slider(tmp_path, checked):
         tab.evaluate("document.getElementById('c-size').value = '64x64'")
         click(tab, "#compare-form button[type=submit]")
         wait(tab, "document.getElementById('flash').textContent.startsWith('Grid done')", timeout=120)
+        # "Grid done" comes before the cells' images have arrived: wait for every one to decode
+        wait(tab, "Array.from(document.querySelectorAll('#cmp-grid img')).every(i => i.complete && i.naturalWidth > 0)")
         cells = tab.evaluate("Array.from(document.querySelectorAll('#cmp-grid img')).map(i => i.complete && i.naturalWidth > 0)")
         assert cells == [True, True, True]  # 2 prompts + the leak row, base column
         assert tab.evaluate("document.querySelector('#cmp-grid tr:last-child td').textContent").endswith("(leak row)")
@@ -539,6 +541,7 @@ def test_compare_grid_has_checkpoint_columns_and_marks_the_recommended_one(tmp_p
         wait(tab, "document.getElementById('flash').textContent.startsWith('Grid done')", timeout=120)
         heads = tab.evaluate("Array.from(document.querySelectorAll('#cmp-grid th')).map(t => t.textContent)")
         assert heads == ["prompt", "base", "kfood-v1 step 10 × 0.8 ★", "kfood-v1 step 10 × 1"]
+        wait(tab, "Array.from(document.querySelectorAll('#cmp-grid img')).every(i => i.complete && i.naturalWidth > 0)")
         cells = tab.evaluate("Array.from(document.querySelectorAll('#cmp-grid img')).map(i => i.complete && i.naturalWidth > 0)")
         assert cells == [True] * 6  # (prompt + leak row) x (base + 2 scales)
         assert tab.evaluate("document.querySelectorAll('#cmp-grid td.recommended img').length") == 2
