@@ -32,19 +32,31 @@ def _ids(vocab) -> dict[str, str]:
     return pixel.label_ids(vocab)
 
 
-@pytest.fixture(scope="module")
-def held_out(vocab, tmp_path_factory):
-    """(spec, attribute id -> probability) for the benchmark's own held-out sample (`--n 5`),
+def _sample(vocab, tmp_path_factory, split: str, n: int):
+    """(spec, attribute id -> probability) for the benchmark's own sample of one split,
     decoded from the JPEG files the way `lorastudio audit` reads them."""
     labels = _ids(vocab)
-    path = tmp_path_factory.mktemp("held_out") / "scene.jpg"
+    path = tmp_path_factory.mktemp(split) / "scene.jpg"
     out = []
-    for _name, specs, _named in photolike.dataset_specs("held-out", n=5):
+    for _name, specs, _named in photolike.dataset_specs(split, n=n):
         for spec in specs:
             path.write_bytes(photolike.render_photo(spec))
             probs = pixel.classify(measure(load_thumbnail(path)))
             out.append((spec, {labels[k]: p for k, p in probs.items() if k in labels}))
     return out
+
+
+@pytest.fixture(scope="module")
+def held_out(vocab, tmp_path_factory):
+    """The held-out sample of `benchmarks/audit_detectors.py --n 5 --split held-out`."""
+    return _sample(vocab, tmp_path_factory, "held-out", 5)
+
+
+@pytest.fixture(scope="module")
+def fresh(vocab, tmp_path_factory):
+    """The fresh sample of `benchmarks/audit_detectors.py --n 5 --split fresh` (a split added
+    after the held-out one had been looked at; never tuned on)."""
+    return _sample(vocab, tmp_path_factory, "fresh", 5)
 
 
 def test_calls_are_present_absent_or_cannot_tell():
@@ -107,19 +119,22 @@ def test_calibration_holds_on_the_held_out_sample(held_out):
     assert npv >= 0.98
 
 
-# Attributes that met the issue's targets (precision >= 95%, recall >= 90%) on the held-out
-# benchmark (`benchmarks/audit_detectors.py --n 5 --split held-out`); the rest are below them
-# there and are held to the overall calibration only.
+# Attributes that meet the issue's targets (precision >= 95%, recall >= 90%) on each fixed
+# sample (`benchmarks/audit_detectors.py --n 5 --split held-out` / `--split fresh`) and, for
+# the fresh split, also at `--n 20`; the rest are below them somewhere and are held to the
+# overall calibration only (green tint and shallow depth of field among them).
 MEETS_TARGET = ("bg.blue", "bg.brown", "bg.green", "bg.grey", "bg.red", "bg.white", "bgtype.plain", "cast.cool",
-                "cast.warm", "grade.desaturated", "grade.low_contrast", "light.high_key", "light.low_key",
-                "optics.vignette")
+                "cast.warm", "grade.desaturated", "grade.low_contrast", "grade.saturated", "light.high_key",
+                "light.low_key", "optics.vignette")
+MEETS_TARGET_FRESH = ("bg.black", "bg.blue", "bg.brown", "bg.green", "bg.grey", "bg.red", "bg.white", "cast.magenta",
+                      "grade.desaturated", "grade.high_contrast", "grade.low_contrast", "grade.saturated",
+                      "light.high_key", "light.low_key")
 
 
-def test_per_attribute_targets_hold_on_the_held_out_sample(held_out):
-    """Precision >= 95% and recall >= 90% of confident calls, per attribute, on the held-out sample."""
-    for attr in MEETS_TARGET:
+def _assert_targets(sample, attrs) -> None:
+    for attr in attrs:
         tp = fp = pos = 0
-        for spec, probs in held_out:
+        for spec, probs in sample:
             truth, p = photolike.expected(spec, attr), probs.get(attr, float("nan"))
             if truth is None:
                 continue
@@ -128,6 +143,76 @@ def test_per_attribute_targets_hold_on_the_held_out_sample(held_out):
             fp += (not truth) and p >= 0.9
         assert pos >= 2, attr
         assert tp / max(tp + fp, 1) >= 0.95 and tp / pos >= 0.9, (attr, tp, fp, pos)
+
+
+def test_per_attribute_targets_hold_on_the_held_out_sample(held_out):
+    """Precision >= 95% and recall >= 90% of confident calls, per attribute, on the held-out sample."""
+    _assert_targets(held_out, MEETS_TARGET)
+
+
+def test_per_attribute_targets_hold_on_the_fresh_sample(fresh):
+    """The same targets on the fresh split, which no threshold was ever set on."""
+    _assert_targets(fresh, MEETS_TARGET_FRESH)
+
+
+def test_fresh_sample_never_inverts_and_stays_calibrated(fresh):
+    right_pos = wrong_pos = 0
+    for spec, probs in fresh:
+        for a, b in OPPOSITES:
+            assert not (probs.get(a, 0) >= 0.9 and probs.get(b, 0) >= 0.9), (spec, a, b)
+        for attr, p in probs.items():
+            truth = photolike.expected(spec, attr)
+            if truth is not None and p >= 0.9:
+                right_pos, wrong_pos = right_pos + truth, wrong_pos + (not truth)
+    assert right_pos >= 40 and right_pos / (right_pos + wrong_pos) >= 0.95
+
+
+def _dish(backdrop, gains=(1.0, 1.0, 1.0), seed=0, plate=0.9) -> np.ndarray:
+    """A grey or white plate with food pieces on a flat backdrop, times per-channel gains (a cast)."""
+    rng = np.random.default_rng(seed)
+    h, w = 120, 160
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    img = np.broadcast_to(np.array(backdrop, np.float32), (h, w, 3)).copy()
+    img[((xx - 0.5) / 0.3) ** 2 + ((yy - 0.52) / 0.24) ** 2 <= 1] = plate
+    for _ in range(6):
+        fx, fy = 0.5 + rng.uniform(-0.12, 0.12), 0.52 + rng.uniform(-0.1, 0.1)
+        img[((xx - fx) ** 2 + (yy - fy) ** 2) <= 0.045**2] = photolike.FOOD[int(rng.integers(len(photolike.FOOD)))]
+    return np.clip(img * np.array(gains, np.float32) + rng.normal(0, 0.004, img.shape), 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("backdrop", [(0.97, 0.84, 0.95), (0.84, 0.97, 0.84)], ids=["pink", "green"])
+def test_a_tinted_backdrop_brighter_than_a_neutral_plate_is_not_a_tint(backdrop):
+    """The plate is the neutral that disagrees with the bright backdrop: cannot tell, never a tint."""
+    for seed in range(3):
+        probs = pixel.classify(measure(_dish(backdrop, seed=seed, plate=0.72)))
+        assert not probs["magenta"] >= 0.9 and not probs["green_tint"] >= 0.9, (seed, probs["magenta"])
+
+
+@pytest.mark.parametrize(("gains", "label", "other"), [((1.08, 0.86, 1.08), "magenta", "green_tint"),
+                                                       ((0.9, 1.12, 0.9), "green_tint", "magenta")])
+def test_a_cast_over_plate_and_backdrop_is_read(gains, label, other):
+    for seed in range(3):
+        probs = pixel.classify(measure(_dish((0.8, 0.8, 0.8), gains, seed)))
+        assert probs[label] >= 0.9 and probs[other] <= 0.1, (seed, probs[label], probs[other])
+
+
+def test_white_plate_on_black_is_cannot_tell_for_contrast():
+    """Blown plate and crushed backdrop: a contrast curve cannot be ruled out, so no confident absence
+    (which would make a 100% high-contrast dataset look partly plain and raise a false ERROR)."""
+    for seed in range(3):
+        probs = pixel.classify(measure(_dish((0.03, 0.03, 0.03), seed=seed, plate=1.0)))
+        assert np.isnan(probs["high_contrast"]), (seed, probs["high_contrast"])
+
+
+def test_blurred_linen_is_shallow_depth_of_field(tmp_path):
+    """A blurred linen tablecloth reads almost plain on texture alone; its coarse weave variation
+    still lets the detector see a background a lens could blur."""
+    path = tmp_path / "scene.jpg"
+    probs = []
+    for seed in range(4):
+        path.write_bytes(photolike.render_photo(photolike.PhotoSpec("linen", "shallow_dof", 7000 + seed)))
+        probs.append(pixel.classify(measure(load_thumbnail(path)))["shallow_dof"])
+    assert sum(p >= 0.9 for p in probs) >= 3, probs
 
 
 def test_neutral_photolike_controls_give_no_contaminant(tmp_path, vocab):

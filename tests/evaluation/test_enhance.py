@@ -69,19 +69,9 @@ def test_enhance_keeps_size_orientation_and_never_touches_inputs(tiny_sd15_dir, 
 
 @pytest.fixture(scope="module")
 def tiny_controlnet(tiny_sd15_dir, tmp_path_factory):
-    import torch
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    from lorastudio.models.tiny import save_tiny_controlnet
 
-    unet = UNet2DConditionModel.from_pretrained(tiny_sd15_dir, subfolder="unet")
-    torch.manual_seed(0)
-    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
-    with torch.no_grad():  # zero convs would make the control a no-op; give them weight
-        for name, param in net.named_parameters():
-            if "zero_conv" in name or "controlnet_down_blocks" in name or "controlnet_mid_block" in name:
-                param.normal_(0, 0.05)
-    out = tmp_path_factory.mktemp("controlnet") / "canny"
-    net.save_pretrained(out)
-    return out
+    return save_tiny_controlnet(tiny_sd15_dir, tmp_path_factory.mktemp("controlnet") / "canny")
 
 
 def test_enhance_with_canny_controlnet(tiny_sd15_dir, loras_sd15, tiny_controlnet, tmp_path):

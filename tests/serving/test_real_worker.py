@@ -48,9 +48,12 @@ def toy(tmp_path_factory):
     from lorastudio.serving.store import default_url
     from lorastudio.toyworld.pretrain import shipped_base_dir
 
+    from lorastudio.models.tiny import save_tiny_controlnet
+
     data = tmp_path_factory.mktemp("toy_service")
+    controlnet = save_tiny_controlnet(shipped_base_dir(), tmp_path_factory.mktemp("controlnet") / "canny")
     settings = Settings(data_dir=data, db_url=default_url(data), model=str(shipped_base_dir()), workers=1,
-                        lora_cache=2, lease_s=5.0)
+                        lora_cache=2, lease_s=5.0, controlnet=str(controlnet))
     app = create_app(settings)
     _, token = app.state.store.create_key(["generate", "train"])
     auth = {"Authorization": f"Bearer {token}"}
@@ -114,6 +117,35 @@ def test_enhance_keeps_the_photo_size_and_orientation(toy):
     assert response.status_code == 200, response.text
     out = Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
     assert out.size == (64, 96)  # upright, as the EXIF orientation says
+    facts = json.loads(out.text["lorastudio"])  # the after image says what made it
+    assert facts["strength"] == 0.5 and facts["control"] == "none" and facts["steps"] == 4
+    assert [lora[1] for lora in facts["loras"]] == [1.0] and "style" in facts["loras"][0][0]
+    assert isinstance(facts["seed"], int) and len(facts["input"]) == 64 and facts["resolution"] == 64
+
+
+def test_enhance_with_the_served_canny_controlnet_keeps_the_request_in_its_metadata(toy):
+    """control=canny runs through the server's ControlNet (a different image from plain img2img at the
+    same seed), and the after image records control and scale."""
+    import numpy as np
+
+    client, auth, _, _ = toy
+    photo = jpeg(64, 64)
+
+    def enhance(**extra):  # noqa: ANN202
+        data = {"prompt": "glossy", "steps": "4", "strength": "0.6", "resolution": "64", "seed": "7", **extra}
+        response = client.post("/v1/images/edits", files={"image": ("p.jpg", photo, "image/jpeg")}, data=data,
+                               headers=auth)
+        assert response.status_code == 200, response.text
+        return Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
+
+    plain, held = enhance(), enhance(control="canny", control_scale="1.5")
+    assert held.size == plain.size == (64, 64)
+    assert np.abs(np.asarray(held, dtype=float) - np.asarray(plain, dtype=float)).mean() > 0.5
+    facts = json.loads(held.text["lorastudio"])
+    assert facts["control"] == "canny" and facts["control_scale"] == 1.5
+    assert json.loads(plain.text["lorastudio"])["control"] == "none"
+    again = enhance(control="canny", control_scale="1.5")  # fixed seed: the same pixels again
+    assert np.array_equal(np.asarray(again), np.asarray(held))
 
 
 def test_a_lora_whose_shapes_do_not_fit_is_refused_and_the_base_is_untouched(toy, tiny_sd15_dir, tmp_path):
@@ -167,6 +199,109 @@ def test_training_through_the_api_registers_its_lora_and_survives_a_lost_worker(
     generated = client.post("/v1/images/generations", json={**BODY, "loras": [{"id": "trained-1", "scale": 1.0}]},
                             headers=auth)
     assert generated.status_code == 200
+
+
+def test_stopping_a_training_run_saves_a_checkpoint_and_resume_continues_from_it(toy):
+    from lorastudio.studio.pages import status_label
+
+    client, auth, app, _ = toy
+    config = {"trigger": "ohwx_kfood_style", "lora_id": "stopped-1", "steps": 40, "checkpoint_every": 20,
+              "resolution": 64}
+    response = client.post("/v1/trainings", files={"dataset": ("d.zip", _dataset_zip())},
+                           data={"config": json.dumps(config)}, headers=auth)
+    assert response.status_code == 202, response.text
+    job_id, store = response.json()["id"], app.state.store
+    end = time.time() + 300
+    while time.time() < end and not any(t == "step" and d.get("step", 0) >= 3 for _, t, d in store.events_after(job_id)):
+        time.sleep(0.2)
+    assert client.delete(f"/v1/jobs/{job_id}", headers=auth).status_code in (200, 202)
+    while time.time() < end and store.get(job_id).status == "running":
+        time.sleep(0.2)
+    view = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+    saved = view["result"]["saved_step"]
+    assert view["status"] == "canceled" and 3 <= saved < 40, view
+    run = app.state.settings.data_dir / "datasets" / store.get(job_id).params["run_id"] / "run"
+    assert (run / "checkpoints" / f"step_{saved}" / "COMPLETE.json").is_file()
+    assert not (run / "final").exists() and status_label(view) == "stopped (saved)"
+    assert [d for _, t, d in store.events_after(job_id) if t == "canceled"][-1]["saved_step"] == saved
+    resumed = client.post(f"/v1/jobs/{job_id}/retry", headers=auth).json()  # the studio's "Resume" button
+    while time.time() < end and store.get(resumed["id"]).status not in ("succeeded", "failed"):
+        time.sleep(0.5)
+    assert store.get(resumed["id"]).status == "succeeded"
+    log = (run.parent / "train.log").read_text()
+    assert "resumed from" in log and (run / "final" / "lora.safetensors").is_file()
+    steps = [d["step"] for _, t, d in store.events_after(resumed["id"]) if t == "step"]
+    assert steps and min(steps) > saved and max(steps) == 40  # no step trained twice
+
+
+def test_sample_now_renders_the_sample_prompts_mid_run(toy, tmp_path):
+    """A studio training run with sample prompts but no sample schedule: "Sample now" makes the
+    trainer render them after its next step, announced as a `sample` event; then Stop."""
+    import yaml
+
+    from lorastudio.toyworld.demo import write_photos
+
+    client, auth, app, _ = toy
+    photos = tmp_path / "photos"
+    write_photos(photos, 4, (96, 96), seed=5)
+    files = [("files", (p.name, p.read_bytes())) for p in sorted(photos.iterdir())]
+    made = client.post("/v1/datasets", data={"id": "sampled", "trigger": "ohwx_kfood_style"}, files=files, headers=auth)
+    assert made.status_code == 201, made.text
+    config = yaml.safe_load(client.get("/v1/configs/default?family=sd15", headers=auth).json()["yaml"])
+    config["train"]["max_steps"] = 400
+    config["save"]["every_n_steps"] = 200
+    config["sample"].update(every_n_steps=None, at_start=False, width=64, height=64, steps=2,
+                            prompts=["ohwx_kfood_style, a photo of bibimbap"])
+    body = {"lora_id": "sampled-1", "resolution": 64, "override_reason": "toy data: the findings are expected",
+            "config_yaml": yaml.safe_dump(config)}
+    response = client.post("/v1/datasets/sampled/trainings", json=body, headers=auth)
+    assert response.status_code == 202, response.text
+    job_id, store = response.json()["id"], app.state.store
+    end = time.time() + 300
+    while time.time() < end and not any(t == "step" and d.get("step", 0) >= 2 for _, t, d in store.events_after(job_id)):
+        time.sleep(0.2)
+    asked_at = max(d["step"] for _, t, d in store.events_after(job_id) if t == "step")
+    assert client.post(f"/v1/jobs/{job_id}/sample-now", headers=auth).status_code == 202
+    while time.time() < end and not any(t == "sample" for _, t, _ in store.events_after(job_id)):
+        time.sleep(0.2)
+    (sample,) = [d for _, t, d in store.events_after(job_id) if t == "sample"]
+    assert asked_at < sample["step"] < 400 and sample["files"] == ["00.png"]
+    assert client.get(f"/v1/jobs/{job_id}/samples/{sample['step']}/00.png", headers=auth).status_code == 200
+    assert client.delete(f"/v1/jobs/{job_id}", headers=auth).status_code in (200, 202)
+    while time.time() < end and store.get(job_id).status == "running":
+        time.sleep(0.2)
+    assert store.get(job_id).status == "canceled"
+    late = client.post(f"/v1/jobs/{job_id}/sample-now", headers=auth)
+    assert late.status_code == 409 and late.json()["code"] == "not_running"
+
+
+def test_a_failing_training_shows_its_first_error_and_log_tail_on_the_job_page(toy):
+    """Photos too small to train on: the prepare stage fails for real; the studio's job page shows
+    the error banner and the tail of train.log that says why."""
+    client, auth, app, _ = toy
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(3):
+            tiny = io.BytesIO()
+            Image.new("RGB", (8, 8), (200, 40 * i, 40)).save(tiny, "PNG")
+            archive.writestr(f"photos/tiny_{i}.png", tiny.getvalue())
+    response = client.post("/v1/trainings", files={"dataset": ("d.zip", buffer.getvalue())},
+                           data={"config": json.dumps({"trigger": "ohwx_kfood_style", "lora_id": "never"})},
+                           headers=auth)
+    assert response.status_code == 202, response.text
+    job_id, store = response.json()["id"], app.state.store
+    end = time.time() + 120
+    while time.time() < end and store.get(job_id).status in ("queued", "running"):
+        time.sleep(0.2)
+    view = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+    assert view["status"] == "failed" and view["error"]["code"] == "train_failed", view
+    token = auth["Authorization"].split()[1]  # the key that owns the job logs in to the studio
+    assert client.post("/studio/login", data={"key": token}, follow_redirects=False).status_code == 303
+    page = client.get(f"/studio/jobs/{job_id}").text
+    assert 'class="error banner" role="alert">train_failed: the prepare stage failed' in page
+    tail = page.split("<h2>Log tail</h2>", 1)[1]
+    assert "too_small" in tail and "no image was accepted" in tail
+    client.cookies.clear()
 
 
 def test_training_zips_that_leave_the_dataset_are_refused(toy):

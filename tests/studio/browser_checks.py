@@ -58,6 +58,7 @@ class Checked:
         self.context.expose_function("__lsCsp", lambda text: self.problems.append(f"CSP violation {text}"))
         self.context.add_init_script(_CSP_WATCH)
         self.context.on("request", self._request)
+        self.context.on("response", self._response)
         self.context.on("page", self._watch)
 
     def _request(self, request) -> None:  # noqa: ANN001
@@ -65,6 +66,12 @@ class Checked:
         parsed = urllib.parse.urlparse(request.url)
         if parsed.scheme in ("http", "https", "ws", "wss") and parsed.hostname not in LOOPBACK:
             self.problems.append(f"non-loopback request {request.url}")
+
+    def _response(self, response) -> None:  # noqa: ANN001
+        """Every answer the studio gives the browser (pages, API JSON, images, errors) carries the CSP."""
+        parsed = urllib.parse.urlparse(response.url)
+        if parsed.scheme in ("http", "https") and "content-security-policy" not in response.headers:
+            self.problems.append(f"no CSP header on {response.status} {response.url}"[:300])
 
     def _console(self, message) -> None:  # noqa: ANN001
         if message.type != "error":

@@ -103,3 +103,42 @@ def finished_run_with_checkpoints(store, data: Path, lora: bytes, lora_id: str =
         "checkpoint": "step_10", "step": 10, "file": "checkpoints/step_10/lora.safetensors", "scale": 0.8,
         "reason": "best style gain without leak"}}), encoding="utf-8")
     return job.id
+
+
+def trained_run(store, data: Path, photos: Path, lora_id: str = "kfood-real") -> str:
+    """A succeeded train job whose run folder holds a real 4-step `lorastudio train` run of the shipped
+    toy model on `photos` (checkpoints at steps 2 and 4, then final/), laid out as the worker lays it
+    out; returns the job id."""
+    import time
+
+    import yaml
+    from click.testing import CliRunner
+
+    from lorastudio.cli.main import cli
+    from lorastudio.toyworld.pretrain import shipped_base_dir
+
+    run_id = "ef" * 16
+    job, _ = store.submit("train", "local", {"run_id": run_id, "lora_id": lora_id, "steps": 4})
+    end = time.time() + 60
+    while store.get(job.id).status != "succeeded":  # the (fake) worker marks it done; the run is real
+        assert time.time() < end, store.get(job.id).status
+        time.sleep(0.05)
+    root = data / "datasets" / run_id
+    runner = CliRunner()
+    for argv in (["prepare", str(photos), "--out", str(root / "dataset"), "--resolution", "64", "--square", "--min-side", "16",
+                  "--quiet"],
+                 ["caption", str(root / "dataset"), "--backend", "manual", "--trigger", "ohwx_kfood_style", "--quiet"]):
+        result = runner.invoke(cli, argv, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    config = {"model": {"family": "sd15", "path": str(shipped_base_dir())},
+              "data": {"datasets": [str(root / "dataset")]},
+              "network": {"rank": 4, "alpha": 4.0, "targets": "attn"},
+              "train": {"max_steps": 4, "batch_size": 2, "lr": 5e-2, "seed": 0, "cache": "memory"},
+              "sample": {"at_start": False, "prompts": []},
+              "save": {"every_n_steps": 2, "keep_last": 3}, "output_dir": str(root / "run"),
+              "logging": {"every_n_steps": 1, "tensorboard": False}}
+    (root / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    result = runner.invoke(cli, ["train", str(root / "train.yaml"), "--no-progress", "--skip-audit"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return job.id

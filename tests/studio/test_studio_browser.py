@@ -119,19 +119,22 @@ def test_gallery_with_1000_images_pages_lazily_and_caches(live, tab, checked):
     checked.assert_clean()
 
 
-def test_gallery_bulk_edit_preview_apply_and_undo(live, tab, checked, photos):
-    _upload_photos(live, tab, photos)
+def test_gallery_bulk_edit_preview_apply_and_undo(live, tab, checked):
+    synthetic_dataset(live.data, "kfood", 60, seed=2)  # §5.4 P2.8: 20 selected out of a larger dataset
     tab.goto(live.url + "/studio/datasets/kfood")
     before = _sidecars(live)
     boxes = tab.evaluate("document.querySelectorAll('input.sel').length")
-    assert boxes == len(before)
-    click(tab, "li.cell:nth-child(1) input.sel")
-    click(tab, "li.cell:nth-child(5) input.sel", modifiers=["Shift"])  # shift-click selects the range
-    wait(tab, "document.getElementById('selected-count').textContent === '5 selected'")
+    assert len(before) == 60 and boxes == 48  # the first page
+    click(tab, "li.cell:nth-child(3) input.sel")
+    click(tab, "li.cell:nth-child(22) input.sel", modifiers=["Shift"])  # shift-click selects the range
+    wait(tab, "document.getElementById('selected-count').textContent === '20 selected'")
     chosen = tab.evaluate("Array.from(document.querySelectorAll('input.sel:checked')).map(b => b.value)")
+    assert len(chosen) == 20
     tab.evaluate("document.getElementById('bulk-phrase').value = 'on a black background'")
     click(tab, "[data-action=preview]")
-    wait(tab, "document.querySelectorAll('#diff tr').length === 5")
+    wait(tab, "document.querySelectorAll('#diff tr').length === 20")
+    assert all("on a black background" in t for t in tab.evaluate(
+        "Array.from(document.querySelectorAll('#diff tr')).map(r => r.textContent)"))
     checked.shot(tab, "bulk-diff")
     assert _sidecars(live) == before
     click(tab, "[data-action=apply-diff]")
@@ -550,3 +553,197 @@ def test_compare_grid_has_checkpoint_columns_and_marks_the_recommended_one(tmp_p
     finally:
         live.close()
         store.close()
+
+
+def test_compare_evaluates_a_real_run_then_renders_seeds_and_exports_the_grid(tmp_path, checked, photos):
+    """Evaluate from the page (a real `evaluate` job on a real 4-step run) marks the checkpoint that
+    evaluation.json recommends; a grid of 3 prompts x 2 seeds x (base + 2 checkpoints x 2 scales)
+    renders and exports as one PNG of matching size."""
+    import json
+
+    from PIL import Image
+    from studio_data import trained_run
+
+    from lorastudio.toyworld.pretrain import shipped_base_dir
+
+    data = tmp_path / "eval"
+    data.mkdir()
+    settings = Settings(data_dir=data, db_url=default_url(data), fake_workers=True, workers=1, fake_step_s=0.001,
+                        model=str(shipped_base_dir()))
+    store = JobStore(settings.db_url)
+    live = LiveServer(create_app(settings, store=store))
+    tab = checked.page()
+    try:
+        job = trained_run(store, data, photos)
+        tab.goto(live.url + "/studio/compare")
+        assert tab.evaluate("document.querySelector('#c-checkpoints strong.recommended') === null")
+        tab.fill("#c-prompts", "ohwx_kfood_style, a photo of bibimbap")
+        tab.fill("#c-scales", "1.0")
+        tab.fill("#c-seed", "3")
+        tab.fill("#c-steps", "2")
+        tab.select_option("#c-size", "64x64")
+        click(tab, f"[data-action=evaluate-run][data-job='{job}']")
+        wait(tab, "document.querySelector('#c-checkpoints strong.recommended') !== null", timeout=300)
+        rec = json.loads((data / "datasets" / ("ef" * 16) / "run" / "evaluation.json").read_text())["recommendation"]
+        marked = tab.evaluate("document.querySelector('#c-checkpoints strong.recommended').closest('label')"
+                              ".querySelector('input').value")
+        assert marked == f"{job}:{rec['step']}" and rec["scale"] == 1.0
+        for step in (2, 4):
+            tab.check(f"input[name=ckpt][value='{job}:{step}']")
+        tab.fill("#c-prompts", "ohwx_kfood_style, a photo of bibimbap\nohwx_kfood_style, a photo of japchae")
+        tab.fill("#c-trigger", "ohwx_kfood_style")
+        tab.fill("#c-scales", "0.5, 1.0")
+        tab.fill("#c-seed", "1, 2")
+        tab.select_option("#c-size", "64x64")
+        click(tab, "#compare-form button[type=submit]")
+        wait(tab, "document.getElementById('flash').textContent.startsWith('Grid done')", timeout=120)
+        wait(tab, "Array.from(document.querySelectorAll('#cmp-grid img')).every(i => i.complete && i.naturalWidth > 0)")
+        assert tab.evaluate("document.querySelectorAll('#cmp-grid img').length") == 30  # 6 rows x 5 columns
+        assert tab.evaluate("document.querySelectorAll('#cmp-grid td.recommended img').length") == 6
+        labels = tab.evaluate("Array.from(document.querySelectorAll('#cmp-grid tr td:first-child')).map(t => t.textContent)")
+        assert [label.rsplit(" · seed ", 1)[1] for label in labels] == ["1", "2"] * 3 and "(leak row)" in labels[-1]
+        side = tab.evaluate("document.querySelector('#cmp-grid img').naturalWidth")
+        with tab.expect_download() as download:
+            click(tab, "#cmp-export")
+        exported = Image.open(download.value.path())
+        assert download.value.suggested_filename == "lorastudio-compare.png"
+        assert exported.format == "PNG" and exported.size == (5 * side, 24 + 6 * side)
+        checked.shot(tab, "compare-evaluated")
+        checked.assert_clean()
+    finally:
+        live.close()
+        store.close()
+
+
+def _token_fixture(data: Path) -> tuple[list[str], list[str], object]:
+    """10 captioned images whose captions run from 1 short line to exactly 75 and exactly 76 tokens of the
+    served (toy) tokenizer, counted by transformers (not the studio's own counter); returns ids, texts, tokenizer."""
+    from lorastudio.captions.slots import Caption, compose
+    from lorastudio.captions.tokens import count_tokens, load_tokenizers
+    from lorastudio.data.manifest import read_manifest, write_manifest, write_sidecar
+    from lorastudio.serving.routes.datasets import model_dir
+    from types import SimpleNamespace
+
+    home = synthetic_dataset(data, "tok", 10, seed=4) / "dataset"
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(settings=SimpleNamespace(model=None))))
+    (name, tok), = load_tokenizers(model_dir(request))
+    n = lambda cap: count_tokens(tok, compose(cap))  # noqa: E731
+    words = ["glossy", "warm light", "soft shadows", "steam", "sesame", "dark wood", "a", "matte", "red", "bowl"]
+
+    def grown(target: int) -> Caption:
+        cap = Caption.from_dict({"trigger": TRIGGER, "subject": "a photo of bibimbap", "style": ""})
+        i = 0
+        while n(cap) < target:  # add words while they fit, then single 'a's to land exactly on the target
+            trial = Caption.from_dict({**cap.to_dict(), "style": cap.style + [words[i % len(words)]]})
+            if n(trial) > target:
+                trial = Caption.from_dict({**cap.to_dict(), "style": [*cap.style[:-1], (cap.style or ["a"])[-1] + " a"]})
+            cap = trial
+            i += 1
+        return cap
+
+    records = read_manifest(home)
+    targets = [None, None, None, 25, 40, 60, 74, 75, 76, 90]
+    for record, target, extra in zip(records, targets, ["", "studio lighting", "양념치킨", *[""] * 7]):
+        cap = grown(target) if target else Caption.from_dict({"trigger": TRIGGER, "subject": "a photo of bibimbap", "style": extra})
+        assert target is None or n(cap) == target, (target, n(cap))
+        record["caption"], record["caption_text"] = cap.to_dict(), compose(cap)
+        write_sidecar(home, record)
+    write_manifest(home, records)
+    return [r["id"] for r in records], [r["caption_text"] for r in records], (name, tok)
+
+
+def test_editor_token_badges_equal_the_tokenizer_and_flag_76_red(live, tab, checked):
+    from lorastudio.captions.tokens import count_tokens
+
+    ids, texts, (name, tok) = _token_fixture(live.data)
+    expected = [count_tokens(tok, t) for t in texts]
+    assert 76 in expected and 75 in expected
+    for image, want in zip(ids, expected):
+        tab.goto(f"{live.url}/studio/datasets/tok/images/{image}")
+        wait(tab, "document.body.dataset.ready === '1'")
+        badges = tab.evaluate("Array.from(document.querySelectorAll('#tokens .token')).map(b => "
+                              "[b.dataset.encoder, b.textContent.trim(), b.classList.contains('over'), getComputedStyle(b).color])")
+        assert [b[:3] for b in badges] == [[name, f"{name}: {want}/75", want > 75]], (want, badges)
+        if want == 76:
+            checked.shot(tab, "editor-76-tokens")
+            over_colour = badges[0][3]
+            lint = tab.evaluate("Array.from(document.querySelectorAll('#lint li')).map(l => l.dataset.code)")
+            assert "over_budget" in lint
+        if want == 75:
+            fine_colour, at_75 = badges[0][3], image
+    assert over_colour != fine_colour  # red, not the normal text colour
+    tab.goto(f"{live.url}/studio/datasets/tok/images/{at_75}")  # typing one more word: the live badge turns red
+    tab.evaluate("document.getElementById('slot-style').focus()")
+    tab.keyboard.press("End")
+    tab.keyboard.insert_text(" a")
+    wait(tab, "document.querySelector('#tokens .token').textContent.trim() !== 'tokenizer: 75/75'")
+    shown = tab.evaluate("[document.querySelector('#tokens .token').textContent.trim(), "
+                         "document.querySelector('#tokens .token').classList.contains('over')]")
+    from lorastudio.captions.slots import compose
+    from lorastudio.studio.datasets import caption_from_form
+
+    slots = tab.evaluate("Object.fromEntries(Array.from(document.querySelectorAll('#caption-form textarea')).map(t => [t.name, t.value]))")
+    now = count_tokens(tok, compose(caption_from_form(slots)))
+    assert now > 75 and shown == [f"{name}: {now}/75", True]
+    checked.assert_clean()
+
+
+def test_training_form_audit_errors_need_a_10_character_override(live, tab, checked):
+    from lorastudio.studio import datasets as ds
+
+    home = synthetic_dataset(live.data, "errs", 6)
+    next((home / "dataset" / "images").glob("*.txt")).unlink()  # a missing sidecar is an audit error
+    assert ds.audit(home, tokenizer_dir=None)["counts"]["error"] >= 1
+    tab.goto(live.url + "/studio/runs/new?dataset=errs")
+    wait(tab, "document.body.dataset.ready === '1'")
+    assert "latest audit has" in tab.evaluate("document.getElementById('gate').textContent")
+    disabled = "[document.getElementById('t-submit').disabled, document.getElementById('y-submit').disabled]"
+    assert tab.evaluate(disabled) == [True, True]
+    tab.evaluate("document.getElementById('t-override').focus()")
+    tab.keyboard.insert_text("  checked")  # leading spaces do not count
+    assert tab.evaluate("document.getElementById('t-override').value.trim().length") == 7
+    tab.keyboard.insert_text("ok")
+    assert tab.evaluate("document.getElementById('t-override').value.trim().length") == 9
+    assert tab.evaluate(disabled) == [True, True]
+    checked.shot(tab, "override-9")
+    tab.keyboard.insert_text("!")
+    wait(tab, "!document.getElementById('t-submit').disabled")
+    assert tab.evaluate(disabled) == [False, False]
+    checked.shot(tab, "override-10")
+    tab.keyboard.press("Backspace")  # back to 9: blocked again
+    wait(tab, "document.getElementById('t-submit').disabled")
+    checked.assert_clean()
+
+
+def test_each_audit_history_entry_opens_with_its_table_and_the_one_before(live, tab, checked, photos):
+    from lorastudio.studio import datasets as ds
+
+    ds.create_dataset(live.data, "kfood", [(p.name, p.read_bytes()) for p in sorted(photos.iterdir())], trigger=TRIGGER)
+    home = ds.dataset_home(live.data, "kfood")
+    first = ds.audit(home, tokenizer_dir=None)
+    assert ds.plan_fix(home, apply=True)["op"]  # names the confounder everywhere
+    second = ds.audit(home, tokenizer_dir=None)
+    named = {a["audit_id"]: next(r for r in a["contamination"] if r["id"] == "bg.black") for a in (first, second)}
+    assert named[first["audit_id"]]["mention_rate"] == 0 and named[second["audit_id"]]["mention_rate"] == 1
+    tab.goto(live.url + "/studio/datasets/kfood/audit")
+    links = tab.evaluate("Array.from(document.querySelectorAll('#history a')).map(a => a.textContent)")
+    assert links == [second["audit_id"], first["audit_id"]]
+    for index, audit_id in enumerate(links):
+        click(tab, f"#history li:nth-child({index + 1}) a")
+        wait(tab, f"location.search.includes('{audit_id}') && document.getElementById('audit-shown') !== null")
+        assert tab.evaluate("document.getElementById('audit-shown').dataset.audit") == audit_id
+        cells = tab.evaluate("Array.from(document.querySelectorAll('tr[data-attr=\"black background\"] td'))"
+                             ".map(t => t.textContent.trim())")
+        row = named[audit_id]
+        assert cells[1] == f"{round(row['present_rate'] * 100)} %" and cells[2] == f"{round(row['mention_rate'] * 100)} %"
+        assert cells[4] == row["verdict"]
+        rows = tab.evaluate("document.querySelectorAll('table.contamination tbody tr').length")
+        assert rows == len((second if audit_id == second["audit_id"] else first)["contamination"])
+        if audit_id == second["audit_id"]:  # the newer one shows the older figures beside its own
+            old = named[first["audit_id"]]
+            assert cells[6] == f"{round(old['present_rate'] * 100)} % / 0 %, {old['verdict']}"
+            checked.shot(tab, "audit-before-after")
+        else:
+            assert len(cells) == 6 and "Before:" not in tab.evaluate("document.getElementById('audit-shown').textContent")
+        tab.goto(live.url + "/studio/datasets/kfood/audit")
+    checked.assert_clean()

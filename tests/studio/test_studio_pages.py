@@ -159,8 +159,9 @@ def test_contamination_table_filter_fix_and_undo(svc):
     black = next(r for r in audit["contamination"] if r["phrase"] == "black background")
     assert black["present_rate"] >= 0.9 and black["mention_rate"] == 0 and black["verdict"] == "contaminant"
     page = svc.client.get("/studio/datasets/kfood/audit").text
-    assert 'href="/studio/datasets/kfood?q=attr:black_background"' in page and "contaminant" in page
-    gallery = svc.client.get("/studio/datasets/kfood?q=attr:black_background").text
+    assert 'href="/studio/datasets/kfood?q=attr%3Ablack_background%20present%20named%3Ano"' in page
+    assert "contaminant" in page
+    gallery = svc.client.get("/studio/datasets/kfood?q=attr:black_background present named:no").text
     shown = set(re.findall(r'class="cell" data-id="([0-9a-f]+)"', gallery))
     assert shown == set(black["present_unnamed"][:48])
     before = _sidecars(svc)
@@ -171,8 +172,9 @@ def test_contamination_table_filter_fix_and_undo(svc):
     assert again["mention_rate"] == 1.0 and again["verdict"] != "contaminant"
     svc.client.post("/v1/datasets/kfood/undo", headers=svc.h())
     assert _sidecars(svc) == before
-    history = re.findall(r'audit\?audit_id=(\d+)', svc.client.get("/studio/datasets/kfood/audit").text)
-    assert len(history) == 2 and all(svc.client.get(f"/studio/datasets/kfood/audit?audit_id={h}").status_code == 200
+    listed = svc.client.get("/studio/datasets/kfood/audit").text.split('id="history"')[1]
+    history = re.findall(r'audit\?audit_id=(\d+)', listed)
+    assert len(history) == 2 and all(f'data-audit="{h}"' in svc.client.get(f"/studio/datasets/kfood/audit?audit_id={h}").text
                                      for h in history)
     projects = svc.client.get("/studio").text
     assert "audit: " in projects and "contaminant(s)" in projects
@@ -219,6 +221,10 @@ def test_jobs_page_lists_states_cancels_and_retries(studio_factory):
         events = svc.client.get(f"/v1/jobs/{ids[0]}/events-log").json()["data"]
         kinds = [e["type"] for e in events]
         assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "completed"
+        times = [e["at"] for e in events]
+        assert times == sorted(times) and times[-1] - times[0] < 60  # queued -> running -> done, in order
+        timings = svc.client.get(f"/v1/jobs/{ids[0]}").json()["timings"]
+        assert times[0] <= timings["started_at"] <= timings["finished_at"] <= times[-1] + 1e-6
 
 
 def test_training_form_gate_and_submit(studio_factory, photos):
@@ -283,6 +289,12 @@ def test_enhance_page_runs_jobs_and_rejects_bad_uploads(studio_factory, photos):
         assert 400 <= bad.status_code < 500 and bad.json()["detail"]
         missing_csrf = svc.client.post("/v1/images/edits", files={"image": ("phone.jpg", photo)}, data={"prompt": "x"})
         assert missing_csrf.status_code == 403
+        canny = svc.client.post("/v1/images/edits", files={"image": ("phone.jpg", photo)},
+                                data={"prompt": "x", "control": "canny"}, headers={**svc.h(), "Prefer": "respond-async"})
+        assert canny.status_code == 422 and canny.json()["code"] == "no_controlnet" and "--controlnet" in canny.json()["detail"]
+        assert 'value="canny"' not in page and "serve --controlnet" in page  # offered only when the server has one
+        svc.app.state.settings.controlnet = "some/canny-controlnet"
+        assert 'value="canny"' in svc.client.get("/studio/enhance").text
 
 
 def test_yaml_tab_round_trips_through_the_typed_config(svc):
@@ -528,3 +540,234 @@ def test_compare_offers_each_checkpoint_and_marks_the_recommended_one(studio_fac
         other, _ = svc.store.submit("generate", "local", {"prompt": "p"})
         assert svc.client.get(f"/v1/jobs/{other.id}/checkpoints").status_code == 404
         assert [r["id"] for r in svc.client.get("/v1/loras").json()["data"]] == ["kfood-v1-s10"]
+
+
+def test_evaluate_runs_as_a_job_and_compare_marks_its_recommendation(studio_factory, photos):
+    """An `evaluate` job runs the real command on a real run; Compare then marks what evaluation.json says."""
+    import json
+
+    from studio_data import trained_run
+
+    from lorastudio.toyworld.pretrain import shipped_base_dir
+
+    with studio_factory(workers=1, fake_step_s=0.001, model=str(shipped_base_dir())) as svc:
+        svc.refresh_csrf()
+        job = trained_run(svc.store, svc.data, photos)
+        assert svc.client.get(f"/v1/jobs/{job}/checkpoints").json()["recommended"] is None
+        assert 'data-action="evaluate-run"' in svc.client.get("/studio/compare").text
+        body = {"prompts": ["ohwx_kfood_style, a photo of bibimbap", "a photo of japchae"], "scales": [1.0],
+                "seeds": [3], "steps": 2, "size": "64x64"}
+        bad = svc.client.post(f"/v1/jobs/{job}/evaluations", json={**body, "scales": [5.0]}, headers=svc.h())
+        assert bad.status_code == 422
+        other, _ = svc.store.submit("generate", "local", {"prompt": "p"})
+        assert svc.client.post(f"/v1/jobs/{other.id}/evaluations", json=body, headers=svc.h()).status_code == 404
+        queued = svc.client.post(f"/v1/jobs/{job}/evaluations", json=body, headers=svc.h())
+        assert queued.status_code == 202 and queued.json()["kind"] == "evaluate"
+        done = svc.wait_status(queued.json()["id"], timeout=300)
+        assert done["status"] == "succeeded", done
+        run = svc.data / "datasets" / ("ef" * 16) / "run"
+        written = json.loads((run / "evaluation.json").read_text(encoding="utf-8"))
+        assert written["prompts"] == body["prompts"] and written["scales"] == [0.0, 1.0]
+        assert {r["checkpoint"] for r in written["rows"]} == {"step_2", "step_4", "final"}
+        rec = written["recommendation"]
+        assert done["result"]["recommendation"]["checkpoint"] == rec["checkpoint"]
+        found = svc.client.get(f"/v1/jobs/{job}/checkpoints").json()
+        assert found["steps"] == [2, 4] and found["recommended"]["step"] == rec["step"]
+        assert found["recommended"]["scale"] == rec["scale"] == 1.0
+        page = svc.client.get("/studio/compare").text
+        assert page.count("★ recommended") == 1 and f'value="{job}:{rec["step"]}" data-lora' in page
+        assert "Evaluate again: kfood-real" in page
+        job_page = svc.client.get(f"/studio/jobs/{queued.json()['id']}").text
+        assert "★ recommended: " + rec["checkpoint"] in job_page and "evaluate" in job_page
+
+
+def test_run_states_read_stopped_saved_and_interrupted_after_a_restart(studio_factory, tmp_path):
+    """A training job re-queued after the service died mid-run reads 'interrupted' on the jobs and job
+    pages (the next worker resumes it); one stopped with a checkpoint reads 'stopped (saved)'."""
+    with studio_factory(workers=0) as svc:
+        svc.refresh_csrf()
+        job, _ = svc.store.submit("train", "local", {"run_id": "ab" * 16, "lora_id": "x", "steps": 40},
+                                  max_attempts=3)
+        assert svc.store.claim("w-gone", lease_s=0.01).id == job.id
+        time.sleep(0.05)
+        assert svc.store.reap() == [job.id]  # what the restarted service does with the dead worker's lease
+        for url in (f"/studio/jobs/{job.id}", "/studio/jobs"):
+            assert "interrupted (resumes from its last checkpoint)" in svc.client.get(url).text, url
+        stopped, _ = svc.store.submit("train", "local", {"run_id": "cd" * 16, "lora_id": "y", "steps": 40})
+        svc.store.claim("w1", lease_s=60)  # the interrupted one first (older), then this one
+        assert svc.store.claim("w1", lease_s=60).id == stopped.id
+        svc.store.finish(stopped.id, "w1", "canceled", result={"saved_step": 12, "images": []})
+        page = svc.client.get(f"/studio/jobs/{stopped.id}").text
+        assert ">stopped (saved)</span>" in page and "checkpoint at step 12" in page
+        events = svc.client.get(f"/v1/jobs/{stopped.id}/events-log").json()["data"]
+        assert events[-1]["type"] == "canceled" and events[-1]["data"]["saved_step"] == 12
+
+
+def _cli_audit(svc, tmp_path, *args: str):
+    """`lorastudio audit` run in-process on a copy of the studio dataset (the CLI writes audit.json and
+    report files into the folder it audits; the studio's own copy stays untouched)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from lorastudio.cli.main import cli
+    from lorastudio.serving.routes.datasets import model_dir
+
+    class _Req:
+        app = svc.app
+
+    copy = tmp_path / "cli_copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(svc.data / "studio" / "datasets" / "kfood" / "dataset", copy)
+    result = CliRunner().invoke(cli, ["audit", str(copy), "--tokenizer", model_dir(_Req), "--quiet", *args])
+    assert result.exit_code in (0, 1), result.output
+    return result
+
+
+def _shown(svc, q: str) -> set[str]:
+    from urllib.parse import quote
+
+    return set(re.findall(r'class="cell" data-id="([0-9a-f]+)"', svc.client.get(f"/studio/datasets/kfood?q={quote(q)}").text))
+
+
+def test_filter_attr_present_unnamed_shows_exactly_what_cli_audit_json_lists(svc, tmp_path):
+    import json
+
+    svc.client.post("/v1/datasets/kfood/audits", headers=svc.h())
+    cli_json = json.loads(_cli_audit(svc, tmp_path, "--format", "json").stdout)
+    black = next(r for r in cli_json["contamination"] if r["id"] == "bg.black")
+    assert len(black["present_unnamed"]) >= 10 and set(black["present_unnamed"]) <= set(black["present"])
+    query = "attr:black_background present named:no"
+    assert _shown(svc, query) == set(black["present_unnamed"])
+    assert _shown(svc, "attr:bg.black named:no") == set(black["present_unnamed"])  # the id works as well
+    assert _shown(svc, "attr:black_background") == set(black["present"])
+    assert _shown(svc, "attr:black_background named:yes") == set()
+    assert _shown(svc, "attr:no_such_attribute") == set() and _shown(svc, "present") == set()  # no bare free text
+    svc.client.post("/v1/datasets/kfood/fix?apply=true", headers=svc.h())  # names it in every caption, re-audits
+    assert _shown(svc, query) == set()
+    assert _shown(svc, "attr:black_background present named:yes") == set(black["present"])
+    ids = [i["id"] for i in _images(svc)]
+    assert _shown(svc, 'slot:style:""') == set(ids)  # the toy captions leave slot 5 empty
+    view = svc.client.get(f"/v1/datasets/kfood/images/{ids[0]}").json()
+    saved = svc.client.put(f"/v1/datasets/kfood/images/{ids[0]}/caption", headers=svc.h(),
+                           json={"slots": {**view["slots"], "style": "glossy"}, "version": view["version"]})
+    assert saved.status_code == 200
+    assert _shown(svc, 'slot:style:""') == set(ids[1:]) and _shown(svc, "slot:style:glossy") == {ids[0]}
+
+
+def test_fix_diff_rows_equal_what_cli_audit_fix_would_write(svc, tmp_path):
+    svc.client.post("/v1/datasets/kfood/audits", headers=svc.h())
+    before = _sidecars(svc)
+    plan = svc.client.post("/v1/datasets/kfood/fix", headers=svc.h()).json()["changes"]
+    out = _cli_audit(svc, tmp_path, "--fix").stdout  # no --yes: a preview, nothing written
+    said = re.search(r"--fix: (\d+) caption\(s\) would change", out)
+    assert said and int(said.group(1)) == len(plan) >= 10
+    cli_rows = re.findall(r"^(\w+): adds (.+)\n(?:  why .*\n)*  - (.*)\n  \+ (.*)$", out, re.M)
+    assert len(cli_rows) == len(plan)
+    assert {(c["image"], ", ".join(c["added"]), c["before"], c["after"]) for c in plan} == set(cli_rows)
+    assert _sidecars(svc) == before
+
+
+def test_every_thumbnail_of_512_px_images_is_at_most_40_kb(studio_factory, tmp_path):
+    import random
+
+    from studio_data import synthetic_dataset
+
+    with studio_factory(workers=0) as svc:
+        svc.refresh_csrf()
+        home = synthetic_dataset(svc.data, "big512", 24, side=512, seed=5)
+        rng = random.Random(0)
+        noisy = sorted((home / "dataset" / "images").glob("*.jpg"))[:8]
+        for path in noisy:  # a third full of noise: the worst case for JPEG
+            noise = Image.frombytes("RGB", (512, 512), rng.randbytes(512 * 512 * 3))
+            noise.save(path, "JPEG", quality=95)
+        ids = [i["id"] for i in svc.client.get("/v1/datasets/big512").json()["images"]]
+        assert len(ids) == 24
+        sizes = {}
+        for image in ids:
+            original = svc.client.get(f"/v1/datasets/big512/images/{image}/content")
+            assert Image.open(io.BytesIO(original.content)).size == (512, 512)
+            thumb = svc.client.get(f"/v1/datasets/big512/images/{image}/thumbnail")
+            assert thumb.status_code == 200 and max(Image.open(io.BytesIO(thumb.content)).size) == 256
+            sizes[image] = len(thumb.content)
+        assert max(sizes.values()) <= 40 * 1024, sorted(sizes.values())[-3:]
+        noise = [sizes[p.stem] for p in noisy]
+        assert min(noise) > max(v for k, v in sizes.items() if k not in {p.stem for p in noisy})  # the hard ones were made
+
+
+def test_server_refuses_an_override_reason_under_10_characters(studio_factory):
+    from studio_data import synthetic_dataset
+
+    with studio_factory(workers=0) as svc:
+        svc.refresh_csrf()
+        home = synthetic_dataset(svc.data, "errs", 6)
+        next((home / "dataset" / "images").glob("*.txt")).unlink()  # a missing sidecar is an audit error
+        audit = svc.client.post("/v1/datasets/errs/audits", headers=svc.h()).json()
+        assert audit["counts"]["error"] >= 1
+        body = {"lora_id": "errs-v1", "steps": 20, "rank": 4, "resolution": 64}
+        for reason in ("", "         x", "123456789", " 12345678 "):
+            refused = svc.client.post("/v1/datasets/errs/trainings", headers=svc.h(), json={**body, "override_reason": reason})
+            assert refused.status_code == 409 and refused.json()["code"] == "audit_gate", reason
+        passed = svc.client.post("/v1/datasets/errs/trainings", headers=svc.h(), json={**body, "override_reason": "1234567890"})
+        assert not (passed.status_code == 409 and passed.json()["code"] == "audit_gate"), passed.text
+
+
+def test_preset_submit_resolves_to_init_config_plus_the_same_overrides(studio_factory, photos, monkeypatch, tmp_path):
+    """§5.4 P5.1: the train.yaml the worker writes for a preset, read through the typed config, equals
+    `lorastudio init-config` with the preset's fields and the server's own keys laid over it."""
+    import logging
+    from types import SimpleNamespace
+
+    import yaml
+    from click.testing import CliRunner
+
+    from lorastudio.cli.main import cli
+    from lorastudio.config.loader import deep_merge
+    from lorastudio.config.train import TrainConfig
+    from lorastudio.serving import runners
+    from lorastudio.serving.trace import Trace
+    from lorastudio.studio.pages import CONFIG_KEYS, PRESETS
+    from lorastudio.toyworld.pretrain import shipped_base_dir
+
+    with studio_factory(workers=1, fake_step_s=0.01) as svc:
+        svc.refresh_csrf()
+        svc.upload(photos)
+        svc.client.post("/v1/datasets/kfood/audits", headers=svc.h())
+        preset = {k: v for k, v in PRESETS["sd15_style"].items() if k != "label"}  # what choosing it fills in
+        body = {**preset, "lora_id": "kfood-preset", "override_reason": "reviewed by the lead, errors are known"}
+        for _ in range(100):
+            job = svc.client.post("/v1/datasets/kfood/trainings", json=body, headers=svc.h())
+            if job.status_code != 503:
+                break
+            time.sleep(0.1)
+        assert job.status_code == 202, job.text
+        params = svc.store.get(job.json()["id"]).params
+
+    class _Stop(Exception):
+        pass
+
+    def fake_cli(runner, job, args, cwd, log_path):  # noqa: ANN001 - prepare/caption succeed, train stops here
+        if args[0] == "train":
+            raise _Stop(args[1])
+        return 0
+
+    monkeypatch.setattr(runners, "_cli", fake_cli)
+    model = str(shipped_base_dir())
+    runner = SimpleNamespace(data=svc.data, store=svc.store, args=SimpleNamespace(family="sd15", model=model))
+    with pytest.raises(_Stop) as stopped:
+        runners.run_training(runner, SimpleNamespace(params=params, id="job", attempts=1, key_id="local"),
+                             Trace("job", logging.getLogger("test")))
+    written = yaml.safe_load(Path(str(stopped.value)).read_text(encoding="utf-8"))
+    printed = CliRunner().invoke(cli, ["init-config", "--family", "sd15"])
+    assert printed.exit_code == 0, printed.output
+    root = svc.data / "datasets" / params["run_id"]
+    form = {}
+    for name, (section, key) in CONFIG_KEYS.items():
+        form.setdefault(section, {})[key] = preset[name]
+    server = {"model": {"path": model}, "data": {"datasets": [str(root / "dataset")]}, "output_dir": str(root / "run"),
+              "network": {"alpha": float(preset["rank"])}, "train": {"cache": "memory"},
+              "sample": {"at_start": False, "prompts": []}, "save": {"keep_last": 2},
+              "logging": {"every_n_steps": 1, "tensorboard": False}}
+    expected = deep_merge(deep_merge(yaml.safe_load(printed.stdout), form), server)
+    assert TrainConfig.model_validate(written).model_dump() == TrainConfig.model_validate(expected).model_dump()
+    assert written["train"]["max_steps"] == preset["steps"] and written["network"]["rank"] == preset["rank"]

@@ -59,6 +59,63 @@ def test_once_a_key_exists_every_page_and_image_needs_a_login(svc):
         assert svc.client.get(url).status_code == 200, url
 
 
+def test_wrong_keys_are_rate_limited_per_address_without_locking_out_the_right_one_later(svc):
+    from lorastudio.studio.security import LOGIN_FAILURES, LOGIN_WINDOW_S
+
+    token = svc.key("generate", "train")
+    for _ in range(LOGIN_FAILURES):
+        assert svc.client.post("/studio/login", data={"key": "lsk_guess"}, follow_redirects=False).status_code == 401
+    blocked = svc.client.post("/studio/login", data={"key": token}, follow_redirects=False)
+    assert blocked.status_code == 429 and "Too many wrong keys" in blocked.text  # even the right key waits
+    assert 1 <= int(blocked.headers["retry-after"]) <= LOGIN_WINDOW_S + 1
+    sessions = svc.app.state.sessions
+    assert sessions.login_wait("testclient") > 0 and sessions.login_wait("10.0.0.9") == 0  # per address
+    start = min(sessions.failures["testclient"])  # the window passes: the right key works, and clears the count
+    assert sessions.login_wait("testclient", now=start + LOGIN_WINDOW_S + 0.1) == 0
+    assert svc.client.post("/studio/login", data={"key": "lsk_typo"}, follow_redirects=False).status_code == 401
+    assert len(sessions.failures["testclient"]) == 1
+    good = svc.client.post("/studio/login", data={"key": token}, follow_redirects=False)
+    assert good.status_code == 303 and "testclient" not in sessions.failures
+
+
+# Routes that answer without a key by design: liveness/readiness probes, the login form itself,
+# the studio's packaged static files and the favicon (no data behind any of them).
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/studio/login"), ("POST", "/studio/login"),
+          ("GET", "/studio/static/{name}"), ("GET", "/favicon.ico")}
+
+
+def test_every_route_of_the_app_needs_a_key_except_the_public_few(svc):
+    """Walk the app's own route table (so a route added later is covered too): without a key or
+    session every method of every other route answers 401, and the body is a problem, not data."""
+    from fastapi.routing import APIRoute
+
+    image = _first_image(svc)
+    job, _ = svc.store.submit("train", "local", {"run_id": "ab" * 16, "lora_id": "x", "steps": 2})
+    values = {"dataset_id": "kfood", "image_id": image, "job_id": job.id, "step": "10", "name": "00.png",
+              "audit_id": "a" * 12, "lora_id": "some-lora", "key_id": "k" * 12}
+    svc.key("admin")  # a key exists: no more key-less local mode
+    svc.client.cookies.clear()
+    def walk(routes):  # included routers nest (FastAPI keeps each include as its own node); no prefixes here
+        for route in routes:
+            inner = getattr(route, "original_router", None) or getattr(route, "router", None)
+            if isinstance(route, APIRoute):
+                yield route
+            elif inner is not None and hasattr(inner, "routes"):
+                yield from walk(inner.routes)
+
+    seen = 0
+    for route in walk(svc.app.routes):
+        url = route.path.format(**{k: values[k] for k in route.param_convertors})
+        for method in sorted(route.methods - {"HEAD"}):
+            if (method, route.path) in PUBLIC:
+                continue
+            response = svc.client.request(method, url, follow_redirects=False)
+            assert response.status_code == 401, (method, route.path, response.status_code)
+            assert image not in response.text and "kfood" not in response.text.replace(url, ""), (method, route.path)
+            seen += 1
+    assert seen >= 60  # the walk really covered the app (about 70 routes x methods today)
+
+
 def test_revoking_the_key_ends_its_sessions(svc):
     key_id, token = svc.store.create_key(["generate", "train"])
     svc.key("admin")  # another key stays active, so the server is not back in key-less local mode
@@ -157,6 +214,14 @@ def test_paths_are_contained_with_symlinks_resolved(svc, tmp_path):
                 "/v1/datasets/kfood/images/..%2F..%2Fjobs.sqlite3/content", "/v1/datasets/kfood/images/%2Fetc%2Fpasswd/content",
                 "/studio/datasets/..%2F..", "/v1/datasets/KFOOD"):
         assert svc.client.get(url).status_code in (403, 404), url
+    body = {"slots": {"subject": "x"}, "version": "v"}
+    for bad in ("..%2F..%2Fjobs.sqlite3", "%2Fetc%2Fpasswd", "%2e%2e", "%2e%2e%2f%2e%2e", "images%2F..%2F..%2Fdataset.json"):
+        base = f"/v1/datasets/kfood/images/{bad}"  # the sidecar routes: read, write, undo, redo
+        for method, url, extra in (("GET", base, {}), ("PUT", base + "/caption", {"json": body}),
+                                   ("POST", base + "/undo", {}), ("POST", base + "/redo", {})):
+            response = svc.client.request(method, url, headers=svc.h(), **extra)
+            assert response.status_code in (403, 404, 422), (method, url, response.status_code)
+            assert "root:" not in response.text and "sqlite" not in response.text.lower(), (method, url)
     records = read_manifest(home / "dataset")
     victim, linked = records[0], records[1]
     victim["file"] = "../../../../secret.jpg"

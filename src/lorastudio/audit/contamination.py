@@ -52,6 +52,7 @@ class AttributeRow:
     named_absent: list[str] = field(default_factory=list)
     decided: int = 0
     evidence: dict[str, str] = field(default_factory=dict)
+    present: list[str] = field(default_factory=list)  # every image a detector confidently sees it in
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (rates rounded to 4 places)."""
@@ -161,6 +162,7 @@ def contamination_table(vocab: Vocabulary, image_ids: Sequence[str], mentions: S
             named_absent=[image_ids[i] for i in np.flatnonzero(absent & np.array([attr_id in m for m in mentions]))],
             decided=decided,
             evidence={image_ids[i]: _evidence_text(evidences, attr_id, int(i)) for i in unnamed},
+            present=[image_ids[i] for i in np.flatnonzero(present)],
         ))
     order = {CONTAMINANT: 0, STYLE_CONSTANT: 1, OK: 2}
     rows.sort(key=lambda r: (order[r.verdict], -r.present_rate, r.id))

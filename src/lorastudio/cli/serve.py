@@ -64,12 +64,15 @@ def default_model() -> str:
 @click.option("--max-inflight", default=16, show_default=True, type=click.IntRange(1, 10000), help="Queued+running jobs per key before 429.")
 @click.option("--wait-cap", default=60.0, show_default=True, type=click.FloatRange(0, 600), help="Seconds a synchronous call waits before answering 202.")
 @click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(0, 3600))
+@click.option("--controlnet", default=None, metavar="ID_OR_PATH",
+              help="A canny ControlNet (diffusers folder or hub id) so enhance can keep the photo's layout "
+                   "(control=canny). SD 1.5/2.x/SDXL.")
 @click.option("--fake-workers", is_flag=True, hidden=True, help="Timing stand-ins instead of models (load tests).")
 @click.option("--fake-step-s", default=0.01, hidden=True, type=click.FloatRange(0, 10), help="A fake worker's seconds per step.")
 def command(host: str, port: int, data_dir: Path, db: str | None, model: str | None, family: str | None,
             workers: int, devices: str | None, allow_hosts: tuple[str, ...], allow_origins: tuple[str, ...],
-            max_queue: int, max_inflight: int, wait_cap: float, drain_timeout: float, fake_workers: bool,
-            fake_step_s: float) -> None:
+            max_queue: int, max_inflight: int, wait_cap: float, drain_timeout: float, controlnet: str | None,
+            fake_workers: bool, fake_step_s: float) -> None:
     """Serve text-to-image, enhance and training as an HTTP API (OpenAI images compatible)."""
     try:
         import uvicorn
@@ -95,12 +98,14 @@ def command(host: str, port: int, data_dir: Path, db: str | None, model: str | N
             except LoadError as exc:
                 raise click.ClickException(str(exc)) from None
             family = {"sd": "sd15"}.get(found, found)
+    if controlnet and family == "flux":
+        raise click.ClickException("--controlnet: serving a ControlNet works for SD 1.5/2.x/SDXL, not Flux yet")
     settings = Settings(data_dir=data_dir, db_url=db_url, host=host, port=port, model=model or "",
                         family=family or "sd15", workers=workers,
                         devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else [],
                         fake_workers=fake_workers, fake_step_s=fake_step_s, allowed_hosts=list(allow_hosts), allowed_origins=list(allow_origins),
                         max_queue=max_queue, max_inflight_per_key=max_inflight, wait_cap_s=wait_cap,
-                        drain_timeout_s=drain_timeout)
+                        drain_timeout_s=drain_timeout, controlnet=controlnet or "")
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=logging.INFO, handlers=[handler])

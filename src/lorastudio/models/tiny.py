@@ -331,3 +331,25 @@ def _prefix_text_model_keys(weights: Path) -> None:
             renamed = key if key.startswith(("text_model.", "text_projection.")) else f"text_model.{key}"
             tensors[renamed] = f.get_tensor(key)
     save_file(tensors, str(weights), metadata=metadata)
+
+
+def save_tiny_controlnet(model_dir: Path, out: Path, seed: int = 0) -> Path:
+    """A canny-style ControlNet for a tiny SD model's UNet, saved as a diffusers folder at `out`.
+
+    Its zero convolutions get small random weights (a fresh ControlNet's are zero, which would make
+    the control a no-op), so tests and demos can see that conditioning changes the output.
+    """
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
+    vae = json.loads((Path(model_dir) / "vae" / "config.json").read_text(encoding="utf-8"))
+    downsamples = len(vae["block_out_channels"]) - 1  # the control image must land on the latent grid
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(8 * 2**i for i in range(downsamples + 1)))
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if "zero_conv" in name or "controlnet_down_blocks" in name or "controlnet_mid_block" in name:
+                param.normal_(0, 0.05)
+    net.save_pretrained(str(out))
+    return Path(out)

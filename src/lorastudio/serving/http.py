@@ -44,6 +44,7 @@ class Settings:
     drain_timeout_s: float = 30.0
     lora_cache: int = 4
     default_steps: int = 20
+    controlnet: str = ""  # a canny ControlNet (folder or hub id) for enhance's control=canny; "" = none
 
     def hosts(self) -> set[str]:
         """Host header values accepted (loopback names, the bind address, and any added)."""

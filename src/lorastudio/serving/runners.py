@@ -23,6 +23,8 @@ from lorastudio.serving.files import content_path, read_content, store_bytes
 from lorastudio.serving.served import served_model
 from lorastudio.serving.trace import JobCanceled, JobFailed, Trace
 
+from lorastudio.training.signals import SAMPLE_SIGNAL
+
 
 def store_png(data_dir: Path, image: Any, info: dict) -> str:
     """Save an output PNG content-addressed; only generation facts go in its text chunk."""
@@ -119,6 +121,10 @@ class FakeRunner:
             from lorastudio.studio.captioning import run_captioning
 
             return run_captioning(self, job, trace)
+        if job.kind == "evaluate":  # so does evaluate: the run's own config names the base model
+            from lorastudio.studio.evaluating import run_evaluation
+
+            return run_evaluation(self, job, trace)
         params = job.params
         for ref in params.get("loras", []):  # the same registry checks as the real runner
             row = self.store.get_lora(ref["id"])
@@ -156,9 +162,28 @@ class PipelineRunner:
         self.text2img = load_pipeline(args.model, family=args.family, device=self.device, progress=False)
         self.img2img = getattr(diffusers, PIPELINE_CLASSES["img2img"][self.served.pipeline_kind]).from_pipe(self.text2img)
         self.img2img.set_progress_bar_config(disable=True)
+        self.control_img2img = self._controlnet_pipeline(getattr(args, "controlnet", ""))
         self.adapters: OrderedDict[str, str] = OrderedDict()  # lora id -> sha256 (+ embedding's), most recent last
         self.triggers: dict[str, str] = {}  # lora id -> the trigger word its loaded embedding answers to
         self.fingerprint = _fingerprint(args.model)
+
+    def _controlnet_pipeline(self, source: str) -> Any:
+        """img2img held to the photo's edges by a canny ControlNet, sharing the base pipeline's weights
+        (so the request's LoRAs apply to it too); None when the server was started without one."""
+        if not source:
+            return None
+        import diffusers
+
+        from lorastudio.evaluation.loading import PIPELINE_CLASSES, load_controlnet
+
+        kind = self.served.pipeline_kind
+        if kind not in PIPELINE_CLASSES["controlnet_img2img"] or kind == "flux":
+            raise RuntimeError(f"--controlnet: a ControlNet cannot be served with a {self.args.family} model")
+        controlnet = load_controlnet(source).to(self.device)
+        pipe = getattr(diffusers, PIPELINE_CLASSES["controlnet_img2img"][kind]).from_pipe(self.text2img,
+                                                                                           controlnet=controlnet)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def release_memory(self) -> None:
         """Give back cached GPU memory after an out-of-memory job."""
@@ -177,6 +202,10 @@ class PipelineRunner:
             from lorastudio.studio.captioning import run_captioning
 
             return run_captioning(self, job, trace)
+        if job.kind == "evaluate":  # a child process too: `lorastudio evaluate` on the run folder
+            from lorastudio.studio.evaluating import run_evaluation
+
+            return run_evaluation(self, job, trace)
         specs = self._select_adapters(job.params.get("loras", []), trace,
                                       [job.params["prompt"], job.params.get("negative_prompt") or ""])
         trace.add("request", prompt=job.params["prompt"], seed=job.params["seed"], base_model=self.fingerprint,
@@ -188,6 +217,10 @@ class PipelineRunner:
                 info = {"prompt": job.params["prompt"], "seed": job.params["seed"] + k, "steps": job.params["steps"],
                         "guidance": job.params["guidance"], "loras": [[s.name, s.scale] for s in specs],
                         "base_model": self.fingerprint}
+                if job.kind == "enhance":  # what made the after image, next to the before image's hash
+                    info.update(strength=job.params["strength"], control=job.params.get("control", "none"),
+                                control_scale=job.params.get("control_scale", 1.0),
+                                input=job.params["image"], resolution=job.params.get("resolution"))
                 images.append(store_png(self.data, image, info))
         return {"images": images}
 
@@ -217,14 +250,24 @@ class PipelineRunner:
         from lorastudio.evaluation.enhance import working_size
 
         photo = load_input(self.data, params["image"])
-        if params.get("control", "none") != "none":
+        control = params.get("control", "none")
+        if control != "none" and self.control_img2img is None:
             raise JobFailed("bad_input", "control=canny needs a ControlNet, which this server was not started with")
         w, h = working_size(photo.width, photo.height, int(params["resolution"]))
         multiple = self.served.size_multiple  # Flux: x8 VAE, then 2x2 packing
         w, h = max(multiple, w // multiple * multiple), max(multiple, h // multiple * multiple)
         trace.add("input", width=photo.width, height=photo.height, working=[w, h])
-        out = self.img2img(image=photo.resize((w, h), Image.LANCZOS), strength=float(params["strength"]),
-                           **common).images[0]
+        init = photo.resize((w, h), Image.LANCZOS)
+        if control == "canny":  # the same edge map `lorastudio enhance --control canny` conditions on
+            from lorastudio.evaluation.enhance import canny_edges
+
+            edges = Image.fromarray(canny_edges(init)).convert("RGB")
+            scale = float(params.get("control_scale", 1.0))
+            trace.add("control", kind="canny", scale=scale)
+            out = self.control_img2img(image=init, control_image=edges, controlnet_conditioning_scale=scale,
+                                       strength=float(params["strength"]), **common).images[0]
+        else:
+            out = self.img2img(image=init, strength=float(params["strength"]), **common).images[0]
         return out.resize(photo.size, Image.LANCZOS)
 
     def _select_adapters(self, refs: list[dict], trace: Trace, prompts: list[str] = ()) -> list:
@@ -353,8 +396,13 @@ def _child(argv: list[str], cwd: Path, log_path: Path) -> subprocess.Popen:
 
 def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path: Path) -> int:
     """Run a lorastudio command as a child, forwarding cancel as Ctrl-C and progress as events."""
+    from lorastudio.serving.routes.runs import SAMPLE_ASKED
+
+    metrics = cwd / "run" / "metrics.jsonl"
+    done = _logged_steps(metrics)  # a resumed run: steps an earlier attempt or job already reported
+    seen = max((i for i, _, _ in runner.store.events_after(job.id, 0)), default=0)  # older asks are not replayed
+    started_at, asked = done, False
     proc = _child([sys.executable, "-m", "lorastudio", *args], cwd, log_path)
-    metrics, sent = cwd / "run" / "metrics.jsonl", 0
     announced: set[str] = set()
     interrupted = False
     while proc.poll() is None:
@@ -362,20 +410,45 @@ def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path:
         if not interrupted and runner.store.cancel_requested(job.id):
             proc.send_signal(signal.SIGINT)  # the trainer checkpoints, then exits
             interrupted = True
-        if metrics.is_file():
-            lines = metrics.read_text(encoding="utf-8").splitlines()
-            for line in lines[sent:]:
-                row = json.loads(line)
-                if "step" in row and "loss" in row:
-                    runner.store.add_event(job.id, "step", {"step": row["step"], "loss": row["loss"],
-                                                            "n": job.params["steps"], "lr": row.get("lr"),
-                                                            "s_per_step": row.get("s_per_step")})
-            sent = len(lines)
-            announced = _announce_samples(runner, job, cwd / "run" / "samples", announced)
+        fresh = runner.store.events_after(job.id, seen)
+        seen = max([seen, *(i for i, _, _ in fresh)])
+        asked = asked or any(kind == SAMPLE_ASKED for _, kind, _ in fresh)
+        # Only the train command takes the signal, and only once its loop runs (a logged step shows
+        # its handler is installed; before that the signal's default action would end the process).
+        if asked and args[0] == "train" and done > started_at and SAMPLE_SIGNAL is not None and not interrupted:
+            proc.send_signal(SAMPLE_SIGNAL)  # "Sample now": the trainer renders after its next step
+            asked = False
+        for row in _metric_rows(metrics):
+            if row["step"] > done:  # each step once, even when a resume re-logs the last ones
+                runner.store.add_event(job.id, "step", {"step": row["step"], "loss": row["loss"],
+                                                        "n": job.params["steps"], "lr": row.get("lr"),
+                                                        "s_per_step": row.get("s_per_step")})
+                done = row["step"]
+        announced = _announce_samples(runner, job, cwd / "run" / "samples", announced)
     _announce_samples(runner, job, cwd / "run" / "samples", announced)  # the last ones, written just before exit
     if interrupted:
         raise JobCanceled()
     return proc.returncode
+
+
+def _metric_rows(metrics: Path) -> list[dict]:
+    """The trainer's per-step rows (step and loss) from metrics.jsonl; a half-written last line is skipped."""
+    if not metrics.is_file():
+        return []
+    rows = []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and "loss" in row:
+            rows.append(row)
+    return rows
+
+
+def _logged_steps(metrics: Path) -> int:
+    """The last step metrics.jsonl already holds (0 for a fresh run)."""
+    return max((row["step"] for row in _metric_rows(metrics)), default=0)
 
 
 def _announce_samples(runner: PipelineRunner, job: Any, samples: Path, announced: set[str]) -> set[str]:
@@ -390,6 +463,13 @@ def _announce_samples(runner: PipelineRunner, job: Any, samples: Path, announced
         runner.store.add_event(job.id, "sample", {"step": int(folder.name[5:]), "files": pngs})
         announced = announced | {folder.name}
     return announced
+
+
+def _last_complete_step(checkpoints: Path) -> int | None:
+    """The newest checkpoint folder the trainer finished writing (it writes COMPLETE.json last)."""
+    steps = [int(p.name[5:]) for p in checkpoints.glob("step_*")
+             if p.name[5:].isdigit() and (p / "COMPLETE.json").is_file()] if checkpoints.is_dir() else []
+    return max(steps, default=None)
 
 
 def run_training(runner: PipelineRunner, job: Any, trace: Trace) -> dict:
@@ -426,8 +506,12 @@ def run_training(runner: PipelineRunner, job: Any, trace: Trace) -> dict:
         config[section] = {**config.get(section, {}), **values}
     (root / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     with trace.span("train", attempt=job.attempts):
-        code = _cli(runner, job, ["train", str(root / "train.yaml"), "--resume", "auto", "--no-progress",
-                                  "--skip-audit"], root, log_path)
+        try:
+            code = _cli(runner, job, ["train", str(root / "train.yaml"), "--resume", "auto", "--no-progress",
+                                      "--skip-audit"], root, log_path)
+        except JobCanceled:  # stopped: the trainer saved on Ctrl-C; say where, so Resume is one click
+            raise JobCanceled({"saved_step": _last_complete_step(root / "run" / "checkpoints"),
+                               "images": []}) from None
     if code != 0:
         raise JobFailed("train_failed", f"training exited with code {code} (see the run's train.log)")
     final = root / "run" / "final" / "lora.safetensors"

@@ -93,6 +93,7 @@ class EditFields(_Common):
 
     strength: float = Field(default=0.45, ge=0.0, le=1.0)
     control: Literal["none", "canny"] = "none"
+    control_scale: float = Field(default=1.0, ge=0.0, le=2.0, description="ControlNet conditioning scale")
     n: int = Field(default=1, ge=1, le=1)
     response_format: Literal["b64_json", "url"] = "b64_json"
     resolution: int = Field(default=512, ge=64, le=2048)

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
 STATES = ("queued", "running", *TERMINAL)
-KINDS = ("generate", "enhance", "train", "caption")
+KINDS = ("generate", "enhance", "train", "caption", "evaluate")
 SCOPES = ("generate", "train", "admin")
 KEY_PREFIX = "lsk_"
 
@@ -370,7 +370,7 @@ class JobStore:
                                                         jobs.c.status == "running")).values(**values))
             if done.rowcount != 1:
                 return False
-            data = dict(result or {}) if status == "succeeded" else (
+            data = dict(result or {}) if status in ("succeeded", "canceled") else (
                 {"code": error[0], "message": error[1]} if error else {})
             self._event(conn, job_id, {"succeeded": "completed"}.get(status, status), data, now)
         return True
@@ -451,6 +451,13 @@ class JobStore:
                  .where(and_(events.c.job_id == job_id, events.c.id > after)).order_by(events.c.id))
         with self.engine.connect() as conn:
             return [(i, t, json.loads(d)) for i, t, d in conn.execute(query).all()]
+
+    def event_log(self, job_id: str) -> list[tuple[int, float, str, dict]]:
+        """(event id, time, type, data) of every event of a job, oldest first."""
+        query = (select(events.c.id, events.c.created_at, events.c.type, events.c.data)
+                 .where(events.c.job_id == job_id).order_by(events.c.id))
+        with self.engine.connect() as conn:
+            return [(i, float(at), t, json.loads(d)) for i, at, t, d in conn.execute(query).all()]
 
     def last_event_id(self) -> int:
         """The newest event id (0 when there is none)."""

@@ -47,6 +47,8 @@ class Supervisor:
                 "--lease", str(s.lease_s), "--lora-cache", str(s.lora_cache)]
         if s.fake_workers:
             argv += ["--fake", "--fake-step-s", str(s.fake_step_s)]
+        if s.controlnet:
+            argv += ["--controlnet", s.controlnet]
         log_file = open(s.data_dir / f"worker-{worker_id}.log", "ab")
         return subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **env})
 

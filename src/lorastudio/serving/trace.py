@@ -15,7 +15,12 @@ from typing import Any
 
 
 class JobCanceled(Exception):
-    """Raised from the step callback when the job's owner canceled it."""
+    """Raised from the step callback when the job's owner canceled it; `result` is what the job
+    kept (a stopped training run names the checkpoint it saved)."""
+
+    def __init__(self, result: dict | None = None) -> None:
+        super().__init__("canceled")
+        self.result = result
 
 
 class JobFailed(Exception):

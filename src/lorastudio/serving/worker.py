@@ -99,9 +99,9 @@ class Worker:
             result = self.runner.run(job, trace)
             trace.add("memory", **_peak_memory(self.device))
             self.store.finish(job.id, self.id, "succeeded", result=result, trace=trace.entries)
-        except JobCanceled:
-            trace.add("canceled")
-            self.store.finish(job.id, self.id, "canceled", trace=trace.entries)
+        except JobCanceled as exc:
+            trace.add("canceled", **(exc.result or {}))
+            self.store.finish(job.id, self.id, "canceled", result=exc.result, trace=trace.entries)
         except StorageFull:
             trace.add("failed", code="storage_full")
             self.store.finish(job.id, self.id, "failed", error=("storage_full", "the data volume is full"),
@@ -138,6 +138,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lease", type=float, default=10.0)
     parser.add_argument("--poll", type=float, default=0.05)
     parser.add_argument("--lora-cache", type=int, default=4)
+    parser.add_argument("--controlnet", default="", help="canny ControlNet folder or hub id for enhance")
     parser.add_argument("--fake", action="store_true", help="timing stand-in: no model, no torch")
     parser.add_argument("--fake-step-s", type=float, default=0.01)
     return parser.parse_args(argv)

@@ -33,6 +33,30 @@ _env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=
                    trim_blocks=True, lstrip_blocks=True)
 
 
+def served_defaults(settings: Any) -> Any:
+    """The served model's request defaults (Flux dev 28 steps, schnell 4, SD 20), so forms start there."""
+    from lorastudio.serving.served import SD_DEFAULTS, ServedModel, served_model
+
+    try:
+        return served_model(settings.model, settings.family)
+    except Exception:  # noqa: BLE001 - a fake-worker server may name no readable model; forms fall back
+        return ServedModel(settings.family, "", "sd", size_multiple=8, **SD_DEFAULTS)
+
+
+def status_label(job: dict) -> str:
+    """A job's state as the studio words it: a training run stopped with a saved checkpoint is
+    'stopped (saved)' (Resume continues from it), not a bare 'canceled'; one queued again after
+    its worker or the whole service went away mid-run is 'interrupted' until a worker resumes it."""
+    if job["kind"] == "train" and job["status"] == "canceled" and (job.get("result") or {}).get("saved_step"):
+        return "stopped (saved)"
+    if job["kind"] == "train" and job["status"] == "queued" and job.get("attempts"):
+        return "interrupted (resumes from its last checkpoint)"  # its worker or the service went away mid-run
+    return job["status"]
+
+
+_env.globals["status_label"] = status_label
+
+
 @dataclass
 class Ctx:
     """Who is looking, their CSRF token, and a cookie to set when the session is new."""
@@ -109,9 +133,17 @@ async def login_form(request: Request):
 async def login(request: Request, key: str = Form(..., max_length=200)):
     """Trade an API key for a session cookie."""
     sessions = request.app.state.sessions
+    client = request.client.host if request.client else "unknown"
+    wait_s = sessions.login_wait(client)
+    if wait_s:  # brute force: a few wrong keys per minute per address, then a pause
+        page = login_page(f"Too many wrong keys from this address; try again in {wait_s} s.", status=429)
+        page.headers["Retry-After"] = str(wait_s)
+        return page
     found = await run_in_threadpool(request.app.state.store.verify_key, key.strip())
     if found is None:
+        sessions.login_failed(client)
         return login_page("That API key is not valid.")
+    sessions.failures.pop(client, None)
     response = RedirectResponse("/studio", status_code=303)
     set_session_cookie(response, sessions.issue(found[0]), secure=request.url.scheme == "https")
     return response
@@ -159,19 +191,31 @@ async def projects(request: Request):
 
 
 def _matches(image: dict, terms: list[str]) -> bool:
-    """The gallery filter language: flag:X, lint:X, attr:X (present, unnamed), tokens:>N, free text."""
+    """The gallery filter language, every term must hold: flag:X, lint:X, tokens:>N, slot:NAME:"" (empty
+    slot) or slot:NAME:text, free text; attr:X (the latest audit sees attribute X, by id or phrase with '_'
+    for spaces) and after it `present`, `named:no`, `named:yes`, which ask about that attribute."""
+    attr: dict | None = None
     for term in terms:
         kind, _, value = term.partition(":")
-        value = value.lower()
-        if kind == "flag" and value:
+        kind, value = kind.lower(), value.lower()
+        if kind == "attr" and value:
+            attr = image.get("attrs", {}).get(value.replace(" ", "_"))
+            ok = attr is not None and attr["present"]
+        elif term.lower() == "present" and attr is not None:
+            ok = attr["present"]
+        elif kind == "named" and value in ("yes", "no") and attr is not None:
+            ok = attr["named"] is (value == "yes")
+        elif kind == "flag" and value:
             ok = any(f.lower().startswith(value) for f in image["flags"])
         elif kind == "lint" and value:
             ok = value in image["lint"]
-        elif kind == "attr" and value:
-            ok = any(p.lower().replace(" ", "_") == value.replace(" ", "_") for p in image["unnamed"])
         elif kind == "tokens" and re.match(r"^[<>]\d+$", value):
             most = max(image["tokens"].values(), default=0)
             ok = most > int(value[1:]) if value[0] == ">" else most < int(value[1:])
+        elif kind == "slot" and ":" in value:
+            name, _, want = value.partition(":")
+            slot = (image.get("slots") or {}).get(name)
+            ok = slot is not None and (not slot.strip() if want in ('""', "''") else want.strip("\"'") in slot.lower())
         else:
             ok = term.lower() in image["caption_text"].lower()
         if not ok:
@@ -289,8 +333,13 @@ async def contamination(dataset_id: str, request: Request, audit_id: str | None 
         audit = await run_in_threadpool(ds.load_audit, folder, audit_id)
     except ds.StudioError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
+    history = await run_in_threadpool(ds.audits, folder)
+    before = None  # the audit just older than the one shown: its figures sit beside each row (before/after)
+    if audit is not None and history.index(audit["audit_id"]) + 1 < len(history):
+        older = await run_in_threadpool(ds.load_audit, folder, history[history.index(audit["audit_id"]) + 1])
+        before = {"audit_id": older["audit_id"], "rows": {r["id"]: r for r in older["contamination"]}}
     return render("audit.html", ctx, title=f"Contamination {dataset_id}", dataset=dataset_id, audit=audit,
-                  history=await run_in_threadpool(ds.audits, folder))
+                  history=history, before=before)
 
 
 @router.get("/studio/jobs")
@@ -310,6 +359,17 @@ async def jobs_page(request: Request, kind: str = "", status: str = ""):
     return render(template, ctx, title="Jobs", jobs=views, kind=kind, state_filter=status, paused=paused)
 
 
+def job_log(data_dir: Path, job: Any) -> Path | None:
+    """The log a job's child processes write: train.log of its run, or its caption/evaluate log."""
+    run_id = str((job.params or {}).get("run_id", ""))
+    if job.kind == "train" and re.match(r"^[0-9a-f]{32}$", run_id):
+        return data_dir / "datasets" / run_id / "train.log"
+    if job.kind in ("caption", "evaluate") and re.match(r"^[0-9a-f-]{8,64}$", job.id):
+        folder, name = ("captions", "caption.log") if job.kind == "caption" else ("evaluations", "evaluate.log")
+        return data_dir / folder / job.id / name
+    return None
+
+
 @router.get("/studio/jobs/{job_id}")
 async def job_page(job_id: str, request: Request):
     """One job: its trace, events and (for training) the log tail."""
@@ -320,14 +380,15 @@ async def job_page(job_id: str, request: Request):
     job = await run_in_threadpool(store.get, job_id, ctx.caller.owner_filter())
     if job is None:
         raise ApiError(404, "not_found", "no such job")
-    events = await run_in_threadpool(store.events_after, job_id, 0)
+    events = await run_in_threadpool(store.event_log, job_id)
     log_tail = ""
-    run_id = (job.params or {}).get("run_id", "")
-    if job.kind == "train" and re.match(r"^[0-9a-f]{32}$", run_id):
-        log = request.app.state.settings.data_dir / "datasets" / run_id / "train.log"
-        if log.is_file() and not log.is_symlink():
-            log_tail = log.read_bytes()[-8000:].decode("utf-8", "replace")
+    log = job_log(request.app.state.settings.data_dir, job)
+    if log is not None and log.is_file() and not log.is_symlink():
+        log_tail = log.read_bytes()[-8000:].decode("utf-8", "replace")
+    from lorastudio.serving.routes.runs import sample_prompts
+
     return render("job.html", ctx, title=f"Job {job_id[:8]}", job=await run_in_threadpool(job_view, store, job),
+                  samples_possible=bool(sample_prompts(job)),
                   trace=job.trace or [], events=events, log_tail=log_tail, params=job.params)
 
 
@@ -355,8 +416,10 @@ async def enhance_page(request: Request):
     loras = await run_in_threadpool(store.list_loras)
     found = await run_in_threadpool(list_jobs, store, ctx.caller.owner_filter(), None, "enhance", 30)
     history = [await run_in_threadpool(job_view, store, j) for j in found]
+    settings = request.app.state.settings
     return render("enhance.html", ctx, title="Enhance", loras=loras, history=history,
-                  default_prompt="a photo of food, appetizing, studio lighting")
+                  default_prompt="a photo of food, appetizing, studio lighting", controlnet=bool(settings.controlnet),
+                  default_steps=served_defaults(settings).steps)
 
 
 @router.get("/studio/compare")
@@ -373,7 +436,8 @@ async def compare_page(request: Request):
     trains = await run_in_threadpool(list_jobs, request.app.state.store, ctx.caller.owner_filter(), "succeeded",
                                      "train", 10)
     runs = [r for r in [await run_in_threadpool(run_checkpoints, data_dir, j) for j in trains] if r and r["steps"]]
-    return render("compare.html", ctx, title="Compare", loras=loras, trigger=trigger, runs=runs)
+    return render("compare.html", ctx, title="Compare", loras=loras, trigger=trigger, runs=runs,
+                  default_steps=served_defaults(request.app.state.settings).steps)
 
 
 # Each form field is the typed training config key it becomes on the worker (runners.run_training).

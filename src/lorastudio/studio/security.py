@@ -61,11 +61,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOGIN_FAILURES = 5  # wrong keys allowed per client address per window
+LOGIN_WINDOW_S = 60.0
+
+
 class Sessions:
     """Issues and checks signed session cookies and their CSRF tokens."""
 
     def __init__(self, secret: bytes, store: Any, bind_host: str) -> None:
         self.secret, self.store, self.bind_host = secret, store, bind_host
+        self.failures: dict[str, list[float]] = {}  # client address -> times of its recent wrong keys
+
+    def login_wait(self, client: str, now: float | None = None) -> int:
+        """Seconds this client must wait before trying another key (0: it may try now)."""
+        now = time.time() if now is None else now
+        recent = [t for t in self.failures.get(client, []) if now - t < LOGIN_WINDOW_S]
+        if recent:
+            self.failures[client] = recent
+        else:
+            self.failures.pop(client, None)
+        return int(LOGIN_WINDOW_S - (now - recent[0])) + 1 if len(recent) >= LOGIN_FAILURES else 0
+
+    def login_failed(self, client: str, now: float | None = None) -> None:
+        """Count a wrong key from this client (the table is pruned so it cannot grow without bound)."""
+        if len(self.failures) > 10_000:
+            self.failures = {c: t for c, t in self.failures.items() if t and time.time() - t[-1] < LOGIN_WINDOW_S}
+        self.failures.setdefault(client, []).append(time.time() if now is None else now)
 
     def _mac(self, text: str) -> str:
         return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest()

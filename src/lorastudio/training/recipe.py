@@ -321,7 +321,7 @@ def train_loop(session: Session, stop: StopRequest, *, show_progress: bool) -> N
                 logger.log({"step": session.pos.step, "epoch": session.pos.epoch, **window.flush(), "skipped_steps": session.pos.skipped_steps})
             if stop.requested or session.pos.step == session.total_steps:
                 break
-            maybe_sample(session)
+            maybe_sample(session, force=stop.take_sample_request())
             if cfg.save.every_n_steps and session.pos.step % cfg.save.every_n_steps == 0:
                 save_checkpoint(session)
     finally:
@@ -332,16 +332,17 @@ def train_loop(session: Session, stop: StopRequest, *, show_progress: bool) -> N
 
 
 def _sync_stop(session: Session, stop: StopRequest) -> None:
-    """With several processes, stop all of them at the same step if any one got a signal."""
+    """With several processes, stop (or sample) all of them at the same step if any one got a signal."""
     import torch
     import torch.distributed as dist
 
     if session.accelerator.num_processes == 1:
         return
-    flag = torch.tensor([stop.signum or 0], device=session.accelerator.device)
+    flag = torch.tensor([stop.signum or 0, int(stop.sample_requested)], device=session.accelerator.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if int(flag.item()) and not stop.requested:
-        stop.request(int(flag.item()))
+    if int(flag[0].item()) and not stop.requested:
+        stop.request(int(flag[0].item()))
+    stop.sample_requested = bool(flag[1].item())  # every process samples at the same step, or none
 
 
 class _Window:

@@ -12,12 +12,25 @@ from types import FrameType, TracebackType
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+SAMPLE_SIGNAL = getattr(signal, "SIGUSR1", None)  # "sample now": render the sample prompts at the next step
+
+
 class StopRequest:
-    """Installs handlers for SIGINT and SIGTERM while active (main thread only)."""
+    """Installs handlers for SIGINT and SIGTERM while active (main thread only), and for SIGUSR1,
+    which asks for samples at the next step (`kill -USR1 PID`; the studio's "Sample now")."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.sample_requested = False
         self._previous: dict[int, object] = {}
+
+    def take_sample_request(self) -> bool:
+        """Whether samples were asked for since the last call (and clear the request)."""
+        asked, self.sample_requested = self.sample_requested, False
+        return asked
+
+    def _sample(self, signum: int, frame: FrameType | None) -> None:
+        self.sample_requested = True
 
     @property
     def requested(self) -> bool:
@@ -41,9 +54,12 @@ class StopRequest:
         print("\ninterrupt: saving a checkpoint at the current step, then exiting (interrupt again to exit now)", file=sys.stderr)
 
     def __enter__(self) -> StopRequest:
-        for sig in EXIT_CODES:
+        handlers = {sig: self._handle for sig in EXIT_CODES}
+        if SAMPLE_SIGNAL is not None:
+            handlers[SAMPLE_SIGNAL] = self._sample
+        for sig, handler in handlers.items():
             try:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread: leave signals alone
                 pass
         return self

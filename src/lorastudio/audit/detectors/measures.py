@@ -3,7 +3,9 @@
 - white balance: one signed estimate per axis (warm/cool, green/magenta) from the
   illuminant seen on bright, unclipped pixels, refined on the cluster of pixels that share
   its chroma (the neutrals under the cast, wherever the cast moved them); NaN when that
-  estimate and a shades-of-grey estimate of the whole frame point opposite ways;
+  estimate and a shades-of-grey estimate of the whole frame point opposite ways, and on the
+  green/magenta axis also when the subject reads as a neutral plate of another tint (a pink
+  or green backdrop taken for the illuminant);
 - backdrop texture: band-pass energy of the border at three scales (after a smooth
   surface fit removes gradients and falloff), relative to the local level and with the
   sensor-noise floor taken out, as a median over border tiles so a dish reaching the
@@ -11,7 +13,8 @@
 - depth of field: how much of the background's 1-4 px band survives against its coarse
   variation (a lens blur removes the first and keeps the second), with the subject's own
   fine detail as the in-focus reference; NaN when the background is plain (a flat backdrop
-  cannot show a depth of field);
+  cannot show a depth of field); `bg_coarse` is the border's coarse variation alone, which a
+  blurred surface keeps and a plain backdrop lacks;
 - background colour: the share of border pixels in each colour class;
 - key, contrast and saturation from the subject's own luminance and chroma (the middle of
   the frame, so a dark or bright backdrop is not a tonal look), low contrast also from the
@@ -34,6 +37,10 @@ TILE = 8
 MAX_CAST = 0.55  # |log(R/B)| of the strongest white-balance error a photo plausibly has
 CLIPPING_CAST = 0.15  # |log(R/B)| above which the green/magenta reading is not trusted
 SUBJECT_WB_TOLERANCE = 0.08  # how far the subject's white-balance reading may sit from the frame's
+MAX_TINT = 0.4  # |green - magenta| of the strongest tint a photo plausibly has
+PLATE_U_TOLERANCE = 0.15  # a subject reading this close to the frame's warm/cool one is a neutral plate
+PLATE_CLIPPED = 0.1  # share of clipped subject pixels above which its chroma is not read
+SOG_MIN_TINT = 0.04  # the least tint the shades-of-grey reading must show to confirm the frame's
 TYPICAL_RANGE = 0.6  # p95 - p5 luminance of an ordinary dish photo; texture is scaled to it
 NOISE_CAP = 0.012  # rms of the finest band; JPEG photos at THUMB px stay under it
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -92,6 +99,29 @@ def _green_magenta(u: np.ndarray, v: np.ndarray, unclipped: np.ndarray, lum: np.
     return float(np.median(v[near])) if near.mean() >= 0.02 else NAN
 
 
+def _green_magenta_verdict(v0: float, sv: float, u0: float, subj_u: float, subj_v: float, subj_clipped: float) -> float:
+    """The green/magenta estimate `v0` once its witnesses agree, NaN ("cannot tell") otherwise.
+
+    - a tint stronger than any grade gives is a coloured surface read as the illuminant;
+    - under a strong warm or cool cast a channel clips on every bright neutral and what is
+      left tilts the reading;
+    - the shades-of-grey reading of the whole frame must not point the other way;
+    - where the subject's reading is a neutral plate (its warm/cool reading matches the
+      frame's and little of it is clipped), it must agree with the frame's: a pink or green
+      backdrop brighter than the plate is otherwise taken for the illuminant. Where the
+      subject reads as food or is clipped, the frame's tint must show in the shades-of-grey
+      reading too.
+    """
+    if not math.isfinite(v0) or abs(v0) > MAX_TINT or abs(u0) > CLIPPING_CAST:
+        return NAN
+    if v0 * sv < 0 and min(abs(v0), abs(sv)) > 0.06:
+        return NAN
+    plate = abs(subj_u - u0) <= PLATE_U_TOLERANCE and subj_clipped <= PLATE_CLIPPED  # NaN compares False
+    if plate:
+        return v0 if abs(subj_v - v0) <= SUBJECT_WB_TOLERANCE else NAN
+    return v0 if v0 * sv > 0 and abs(sv) >= SOG_MIN_TINT else NAN
+
+
 def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     """Signed illuminant chroma: `wb_rb` (> 0 warm, < 0 cool) and `wb_g` (> 0 green, < 0 magenta)."""
     logc = np.log(rgb + 0.02)
@@ -126,12 +156,11 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     # A third reading from the subject: the brightest unclipped pixels in the middle of the
     # frame are the plate or a highlight. A tinted backdrop brighter than the plate would
     # otherwise pass for the illuminant; when the two readings differ, cannot tell.
-    subj = subject_mask(*lum.shape) & valid & (rgb.max(axis=2) < 0.985)
+    in_subject = subject_mask(*lum.shape)
+    subj = in_subject & valid & (rgb.max(axis=2) < 0.985)
     if subj.sum() >= 20:
         top = subj & (lum >= np.percentile(lum[subj], 75))
         out["wb_subj_rb"], out["wb_subj_g"] = float(np.median(u[top])), float(np.median(v[top]))
-    else:
-        out["wb_subj_rb"] = out["wb_subj_g"] = NAN
     # The two estimates must not point opposite ways: a bright coloured object read as
     # the illuminant would show up as exactly that disagreement.
     # A "cast" stronger than any grade gives is a coloured surface read as the illuminant
@@ -141,13 +170,8 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     warm_surface = out["wb_subj_rb"] < u0 - SUBJECT_WB_TOLERANCE - 0.02
     out["wb_rb"] = (u0 if not (u0 * su < 0 and min(abs(u0), abs(su)) > 0.08) and abs(u0) <= MAX_CAST
                     and not warm_surface else NAN)
-    # Green/magenta is read on unclipped pixels; under a strong warm or cool cast a channel
-    # clips on every bright neutral and what is left tilts the reading: cannot tell.
-    disagree = v0 * sv < 0 and min(abs(v0), abs(sv)) > 0.06
-    # Yellow food only ever pushes the subject's reading towards green, so a subject that
-    # reads much less green than the frame means a green-tinted backdrop was taken for white.
-    off_subject = out["wb_subj_g"] < v0 - SUBJECT_WB_TOLERANCE  # NaN compares False
-    out["wb_g"] = NAN if disagree or off_subject or abs(u0) > CLIPPING_CAST else v0
+    out["wb_g"] = _green_magenta_verdict(v0, sv, u0, out["wb_subj_rb"], out["wb_subj_g"],
+                                         float((rgb[in_subject].max(axis=1) >= 0.985).mean()))
     return out
 
 
@@ -202,7 +226,7 @@ def texture(lum: np.ndarray, border: np.ndarray, centre: np.ndarray) -> dict[str
             stats.append((f, m, c, level))
         rows.append(np.array(stats, dtype=np.float64).reshape(-1, 4))
     bt, ct = rows
-    out = {"noise": noise, "bg_texture": NAN, "subject_sharp": NAN, "bg_mid_coarse": NAN}
+    out = {"noise": noise, "bg_texture": NAN, "bg_coarse": NAN, "subject_sharp": NAN, "bg_mid_coarse": NAN}
     if len(bt) == 0:
         return out
     # Relative to the level, so a darkened wooden table keeps its grain; +0.06 keeps the
@@ -212,6 +236,7 @@ def texture(lum: np.ndarray, border: np.ndarray, centre: np.ndarray) -> dict[str
     # exactly as much as it flattens everything else, and it is still a table.
     tonal = float(np.percentile(lum, 95) - np.percentile(lum, 5))
     out["bg_texture"] = float(np.median(tex)) * TYPICAL_RANGE / max(tonal, TYPICAL_RANGE / 2)
+    out["bg_coarse"] = float(np.median(bt[:, 2] / (bt[:, 3] + 0.06))) * TYPICAL_RANGE / max(tonal, TYPICAL_RANGE / 2)
     # Depth of field: a lens blur removes the 1-4 px bands and keeps the coarse variation of
     # the surface, so the background's mid / coarse energy falls; a sharp surface keeps both.
     varied = bt[:, 2] > 0.004

@@ -58,7 +58,7 @@ NAMED_BY_PHRASES = {
 # about 0.95 one width beyond it on the `direction` side (+1 above, -1 below).
 THRESHOLDS: dict[str, tuple[str, float, float, int]] = {
     "warm": ("wb_rb", 0.2, 0.025, 1), "cool": ("wb_rb", -0.12, 0.015, -1),
-    "green_tint": ("wb_g", 0.095, 0.01, 1), "magenta": ("wb_g", -0.1, 0.008, -1),
+    "green_tint": ("wb_g", 0.09, 0.01, 1), "magenta": ("wb_g", -0.095, 0.008, -1),
     "plain": ("bg_texture", 0.012, 0.003, -1),
     "colour": ("bg_share", 0.5, 0.15, 1),
     "dof_blurred": ("bg_mid_coarse", 0.34, 0.015, -1), "dof_sharp": ("bg_mid_coarse", 0.4, 0.03, -1),
@@ -76,6 +76,8 @@ THRESHOLDS: dict[str, tuple[str, float, float, int]] = {
 # class of a wooden table is "cannot tell", the other classes are still confidently absent.
 COLOUR_TEXTURE_LIMIT = 0.016
 SURFACE_GROUP = "surface"
+BLOWN, CRUSHED = 0.97, 0.03  # subject p98 and frame p01 luminance at which the tonal range is clipped
+COARSE_STRUCTURE = 0.016  # border coarse variation (per unit of level) above any plain backdrop's
 SOLID_SHARE = 0.75
 COMPOUND = {
     "high_key": ("high_key",), "low_key": ("low_key",), "saturated": ("saturated", "saturated_chroma"),
@@ -136,13 +138,22 @@ def classify(f: dict[str, float]) -> dict[str, float]:
     # nearly the whole tonal range (a light dish under the curve keeps its shadows above black).
     out["high_contrast"] = _all(max(_test(g, "high_contrast_dark"), _test(g, "high_contrast_spread")),
                                 _test(g, "high_contrast_bright"))
+    if out["high_contrast"] < 0.5 and g["subj_p98"] >= BLOWN and g["lum_p01"] <= CRUSHED:
+        # Blown highlights in the subject and crushed blacks in the frame: a light dish under a
+        # contrast curve (its shadows lifted out of reach) and a white plate on a black backdrop
+        # look alike, so "no contrast curve" cannot be said.
+        out["high_contrast"] = float("nan")
     # Blur relative to the in-focus subject: confidently shallow well under dof_blurred,
     # confidently not well over dof_sharp, "cannot tell" in between (a soft texture and a
     # blurred one look alike there) and on a plain backdrop (nothing a lens could blur).
     blurred, sharp = _test(g, "dof_blurred"), _test(g, "dof_sharp")
     ratio_p = blurred if blurred >= 0.5 or math.isnan(blurred) else max(blurred, min(0.5, sharp))
     out["shallow_dof"] = _all(out["shallow_dof"], ratio_p)
-    if not out["plain"] <= 0.1 or not out["low_key"] <= 0.1:
+    # A lens blur takes a surface's fine texture and leaves its coarse variation (a blurred
+    # linen can read as "plain" on texture alone): the background counts as having something
+    # to blur when it is confidently not plain or keeps coarse structure no plain backdrop has.
+    structured = out["plain"] <= 0.1 or g["bg_coarse"] >= COARSE_STRUCTURE
+    if not structured or not out["low_key"] <= 0.1:
         # Nothing a lens could blur, or a background so dark its detail is under the noise.
         out["shallow_dof"] = float("nan")
     if not out["high_contrast"] <= 0.1:

@@ -47,7 +47,7 @@ async def retry_job(job_id: str, request: Request, caller: Caller = Depends(requ
         raise not_found()
     if job.status not in TERMINAL:
         raise ApiError(409, "not_finished", f"the job is {job.status}; only finished jobs can be retried")
-    if job.kind in ("train", "caption") and "train" not in caller.scopes and not caller.admin:
+    if job.kind in ("train", "caption", "evaluate") and "train" not in caller.scopes and not caller.admin:
         raise ApiError(403, "forbidden", "this key lacks the 'train' scope")
     new, _ = await run_in_threadpool(lambda: store.submit(job.kind, caller.key_id, job.params, priority=job.priority))
     return await run_in_threadpool(job_view, store, new)
@@ -128,8 +128,8 @@ async def job_event_log(job_id: str, request: Request, caller: Caller = Depends(
     store = request.app.state.store
     if await run_in_threadpool(store.get, job_id, caller.owner_filter()) is None:
         raise not_found()
-    rows = await run_in_threadpool(store.events_after, job_id, 0)
-    return {"data": [{"id": i, "type": kind, "data": data} for i, kind, data in rows]}
+    rows = await run_in_threadpool(store.event_log, job_id)
+    return {"data": [{"id": i, "at": at, "type": kind, "data": data} for i, at, kind, data in rows]}
 
 
 class KeyBody(BaseModel):

@@ -113,15 +113,44 @@ async def writable(request: Request, dataset_id: str) -> Path:
     return folder
 
 
+_audit_calls: dict[str, dict[str, dict[str, dict]]] = {}
+
+
+def audit_calls(audit: dict | None) -> dict[str, dict[str, dict]]:
+    """Per image, per attribute (keyed by its id and by its phrase with '_' for spaces): what the audit
+    says, {"present": bool, "named": bool | None, "phrase": str}. `named` is False where the audit
+    saw the attribute and the caption does not name it, True where the caption names it (present, or
+    confidently absent), None where the audit cannot say. Built once per audit (ids are unique)."""
+    if not audit:
+        return {}
+    key = str(audit.get("audit_id"))
+    if key not in _audit_calls:
+        out: dict[str, dict[str, dict]] = {}
+        for row in audit.get("contamination", []):
+            unnamed = set(row.get("present_unnamed", []))
+            present = set(row.get("present", row.get("present_unnamed", [])))  # older audits list only the unnamed
+            calls = {i: {"present": True, "named": i not in unnamed, "phrase": row["phrase"]} for i in present}
+            for i in row.get("named_absent", []):
+                calls.setdefault(i, {"present": False, "named": True, "phrase": row["phrase"]})
+            names = {row["id"].lower(), row["phrase"].lower().replace(" ", "_")}
+            for image_id, call in calls.items():
+                out.setdefault(image_id, {}).update(dict.fromkeys(names, call))
+        if len(_audit_calls) >= 8:
+            _audit_calls.pop(next(iter(_audit_calls)))
+        _audit_calls[key] = out
+    return _audit_calls[key]
+
+
 def image_view(request: Request, record: dict, trigger: str | None, audit: dict | None) -> dict:
-    """One image as the gallery sees it: flags, caption, lint codes, unnamed contaminants."""
+    """One image as the gallery sees it: flags, caption and its slots, lint codes, the audit's per-attribute
+    calls and the contaminants present but unnamed."""
     text = record.get("caption_text") or ""
     counts = lint.token_counts(model_dir(request), text) if text else {}
-    unnamed = [row["phrase"] for row in (audit or {}).get("contamination", [])
-               if record["id"] in row.get("present_unnamed", [])]
+    attrs = audit_calls(audit).get(record["id"], {})
+    unnamed = list(dict.fromkeys(c["phrase"] for c in attrs.values() if c["present"] and c["named"] is False))
     return {"id": record["id"], "width": record["width"], "height": record["height"], "flags": record.get("flags", []),
-            "caption_text": text, "version": ds.version_of(record), "tokens": counts,
-            "lint": [p["code"] for p in lint.lint(text, None, trigger, counts)], "unnamed": unnamed}
+            "caption_text": text, "version": ds.version_of(record), "tokens": counts, "slots": ds.slots_view(record),
+            "lint": [p["code"] for p in lint.lint(text, None, trigger, counts)], "unnamed": unnamed, "attrs": attrs}
 
 
 @router.get("/v1/datasets")

@@ -150,11 +150,14 @@ async def edits(request: Request, image: UploadFile = File(...), prompt: str = F
     except UploadError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
     settings = request.app.state.settings
+    if body.control != "none" and not settings.controlnet:
+        raise ApiError(422, "no_controlnet", f"control={body.control} needs a ControlNet: start the server with "
+                                             "`lorastudio serve --controlnet FOLDER_OR_HUB_ID`")
     steps, guidance = request_defaults(body.model_fields_set, body.steps, body.guidance,
                                        served_model(settings.model, settings.family))
     sha = await run_in_threadpool(store_bytes, settings.data_dir, "inputs", clean.png, "png")
     params = {"prompt": body.prompt, "negative_prompt": body.negative_prompt, "image": sha, "strength": body.strength,
-              "steps": steps, "guidance": guidance, "control": body.control, "resolution": body.resolution,
+              "steps": steps, "guidance": guidance, "control": body.control, "control_scale": body.control_scale, "resolution": body.resolution,
               "seed": body.seed if body.seed is not None else 0,
               "loras": await run_in_threadpool(_check_loras, request, body.loras)}
     job = await _submit(request, caller, "enhance", params, body)

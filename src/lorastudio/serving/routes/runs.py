@@ -20,6 +20,7 @@ from lorastudio.serving.routes.datasets import home
 from lorastudio.serving.routes.jobs import job_view
 from lorastudio.serving.schemas import TrainingFields
 from lorastudio.studio import datasets as ds
+from lorastudio.studio.evaluating import EvaluationRequest
 
 router = APIRouter()
 
@@ -182,6 +183,29 @@ async def job_sample(job_id: str, step: int, name: str, request: Request,
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
+SAMPLE_ASKED = "sample_asked"  # the event a "Sample now" request leaves for the worker running the job
+
+
+def sample_prompts(job) -> list:  # noqa: ANN001
+    """The sample prompts a training job's config gives its trainer (none: nothing to render)."""
+    return list(((job.params or {}).get("config") or {}).get("sample", {}).get("prompts") or [])
+
+
+@router.post("/v1/jobs/{job_id}/sample-now", status_code=202)
+async def sample_now(job_id: str, request: Request, caller: Caller = Depends(require("train"))):
+    """Ask a running training job to render its sample prompts after its next step."""
+    store = request.app.state.store
+    job = await run_in_threadpool(store.get, job_id, caller.owner_filter())
+    if job is None or job.kind != "train":
+        raise ApiError(404, "not_found", "no such training job")
+    if job.status != "running":
+        raise ApiError(409, "not_running", f"the training job is {job.status}; samples render only while it runs")
+    if not sample_prompts(job):
+        raise ApiError(409, "no_sample_prompts", "this run has no sample prompts; set sample.prompts in the YAML tab")
+    await run_in_threadpool(store.add_event, job.id, SAMPLE_ASKED, {"by": caller.key_id})
+    return {"id": job.id, "asked": True}
+
+
 def run_checkpoints(data_dir, job) -> dict | None:  # noqa: ANN001
     """A training job's complete checkpoints (steps) and `lorastudio evaluate`'s recommendation, if it ran."""
     import json
@@ -236,6 +260,28 @@ async def checkpoint_lora(job_id: str, step: int, request: Request, caller: Call
         return await run_in_threadpool(register_file, settings, store, tmp, lora_id, caller.key_id)
     except UploadError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
+
+
+@router.post("/v1/jobs/{job_id}/evaluations", status_code=202)
+async def evaluate_run(job_id: str, body: EvaluationRequest, request: Request,
+                       caller: Caller = Depends(require("train"))):
+    """Queue an `evaluate` job on a finished training run: scores every checkpoint and writes the
+    recommendation the Compare page marks (one evaluation of a run at a time)."""
+    from lorastudio.studio import evaluating
+
+    settings, store = request.app.state.settings, request.app.state.store
+    job = await run_in_threadpool(store.get, job_id, caller.owner_filter())
+    if job is None or job.kind != "train":
+        raise ApiError(404, "not_found", "no such training job")
+    if await run_in_threadpool(evaluating.run_folder, settings.data_dir, job) is None:
+        raise ApiError(409, "not_evaluable", f"the training job is {job.status}; only a succeeded run can be evaluated")
+    if await run_in_threadpool(evaluating.busy, store, job.id):
+        raise ApiError(409, "busy", "an evaluation of this run is already queued or running")
+    await run_in_threadpool(admit, request, caller)
+    params = {**body.model_dump(), "train_job": job.id, "run_id": job.params["run_id"],
+              "lora_id": job.params.get("lora_id")}
+    new, _ = await run_in_threadpool(lambda: store.submit("evaluate", caller.key_id, params, max_attempts=1))
+    return await run_in_threadpool(job_view, store, new)
 
 
 class ConfigText(BaseModel):

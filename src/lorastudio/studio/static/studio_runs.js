@@ -22,6 +22,13 @@ function initJobs() {
       return;
     }
     const job = event.target.dataset.job;
+    if (action === "sample-now" && job) {  // the trainer renders its sample prompts after the next step
+      try {
+        await api("POST", `/v1/jobs/${job}/sample-now`);
+        flash("Samples asked for: they render after the next step");
+      } catch (error) { flash(error.message, true); }
+      return;
+    }
     if (!job || !["cancel-job", "retry-job", "prepend-job"].includes(action)) return;
     try {
       if (action === "prepend-job") {
@@ -103,7 +110,8 @@ function initLive() {
         status.textContent = `step ${data.i}/${data.n}`;
       }
       if (["completed", "failed", "canceled", "expired"].includes(kind)) {
-        document.getElementById("job-status").textContent = kind;
+        const saved = kind === "canceled" && live.dataset.kind === "train" && data.saved_step;
+        document.getElementById("job-status").textContent = saved ? "stopped (saved)" : kind;
         const stop = document.querySelector('#job-actions [data-action="cancel-job"]');
         if (stop) stop.hidden = true;
         source.close();
@@ -252,6 +260,7 @@ function initEnhance() {
     const first = Number(form.elements.seed.value) || 0;
     const fields = { strength: Number(form.elements.strength.value), steps: Number(form.elements.steps.value),
                      control: form.elements.control.value };
+    if (form.elements.control_scale) fields.control_scale = Number(form.elements.control_scale.value);
     if (form.elements.lora.value) fields.loras = [{ id: form.elements.lora.value, scale: Number(form.elements.scale.value) }];
     flash("Queued " + seeds + " job(s)…");
     try {
@@ -289,6 +298,60 @@ function initEnhance() {
 }
 
 // ---------------------------------------------------------------- compare grid
+const EXPORT_HEADER = 24;  // px of column labels above the images in an exported grid
+
+function exportGrid(table) {
+  // One PNG: a label strip, then every cell image at its natural size, rows x columns as shown.
+  const heads = Array.from(table.querySelectorAll("tr:first-child th")).slice(1).map((th) => th.textContent);
+  const rows = Array.from(table.querySelectorAll("tr")).slice(1)
+    .map((tr) => Array.from(tr.querySelectorAll("td")).slice(1).map((td) => td.querySelector("img")));
+  const first = rows.flat().find((img) => img && img.naturalWidth > 0);
+  if (!first) { flash("Render the grid first", true); return; }
+  const w = first.naturalWidth, h = first.naturalHeight;
+  const canvas = document.createElement("canvas");
+  canvas.width = w * heads.length;
+  canvas.height = EXPORT_HEADER + h * rows.length;
+  const g = canvas.getContext("2d");
+  g.fillStyle = "#ffffff";
+  g.fillRect(0, 0, canvas.width, canvas.height);
+  g.fillStyle = "#111111";
+  g.font = "12px sans-serif";
+  heads.forEach((label, c) => g.fillText(label, c * w + 4, 16, w - 8));
+  rows.forEach((cells, r) => cells.forEach((img, c) => {
+    if (img && img.naturalWidth > 0) g.drawImage(img, c * w, EXPORT_HEADER + r * h, w, h);
+  }));
+  canvas.toBlob((blob) => {
+    const link = el("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = "lorastudio-compare.png";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  }, "image/png");
+}
+
+const GRID_IN_FLIGHT = 8;  // cells queued at once (the service caps jobs in flight per key, 16 by default)
+
+async function submitCell(body) {
+  // One grid cell as an async generation job; a 429 (queue or key cap) waits its Retry-After and tries again.
+  for (let attempt = 0; ; attempt++) {
+    const response = await fetch("/v1/images/generations", { method: "POST", credentials: "same-origin",
+      headers: { "X-CSRF-Token": CSRF, "Prefer": "respond-async", "Content-Type": "application/json" },
+      body: JSON.stringify(body) });
+    const data = await response.json().catch(() => ({}));
+    if (response.ok) return data.id;
+    if (response.status !== 429 || attempt >= 20) throw new Error(data.detail || ("HTTP " + response.status));
+    const seconds = Math.min(30, Number(response.headers.get("Retry-After")) || 1);
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  }
+}
+
+function gridSeeds(form) {  // the Seeds field: up to four distinct non-negative integers, 0 when empty
+  const seeds = form.elements.seed.value.split(",").map((x) => x.trim()).filter((x) => /^\d{1,9}$/.test(x)).map(Number);
+  return seeds.length ? Array.from(new Set(seeds)).slice(0, 4) : [0];
+}
+
 function initCompare() {
   const form = document.getElementById("compare-form");
   if (!form) return;
@@ -308,8 +371,29 @@ function initCompare() {
     document.getElementById("ab").hidden = false;
     after.style.clipPath = `inset(0 0 0 ${slider.value}%)`;
   });
+  form.addEventListener("click", async (event) => {  // Evaluate: an `evaluate` job, then the page shows its mark
+    const button = event.target.closest("[data-action=evaluate-run]");
+    if (!button) return;
+    const status = document.getElementById("c-eval-status");
+    const prompts = form.elements.prompts.value.split("\n").map((p) => p.trim()).filter(Boolean).slice(0, 8);
+    const scales = form.elements.scales.value.split(",").map(Number).filter((x) => x > 0 && x <= 2).slice(0, 4);
+    const body = { prompts, scales: scales.length ? scales : [1.0], seeds: gridSeeds(form),
+                   steps: Math.min(50, Number(form.elements.steps.value) || 20), size: form.elements.size.value };
+    button.disabled = true;
+    try {
+      const job = await api("POST", `/v1/jobs/${button.dataset.job}/evaluations`, body);
+      status.textContent = `Evaluating ${button.dataset.lora} (job ${job.id.slice(0, 8)})…`;
+      const done = await finished(job.id);
+      if (done.status !== "succeeded") throw new Error(`evaluate ${done.status}: ${done.error ? done.error.message : ""}`);
+      const rec = done.result.recommendation;
+      status.textContent = `Recommended: ${rec.checkpoint} at scale ${rec.scale}`;
+      location.reload();
+    } catch (error) { status.textContent = error.message; flash(error.message, true); button.disabled = false; }
+  });
+  document.getElementById("cmp-export").addEventListener("click", () => exportGrid(table));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    document.getElementById("cmp-export").hidden = true;
     const trigger = form.elements.trigger.value.trim();
     const prompts = form.elements.prompts.value.split("\n").map((p) => p.trim()).filter(Boolean);
     if (!prompts.length) { flash("Give at least one prompt", true); return; }
@@ -340,28 +424,27 @@ function initCompare() {
     }
     table.appendChild(head);
     const jobs = [];
+    const seeds = gridSeeds(form);
     for (const [row, prompt] of prompts.entries()) {
-      const tr = document.createElement("tr");
-      tr.appendChild(el("td", prompt + (row === prompts.length - 1 && prompts.length > 1 && trigger ? " (leak row)" : "")));
-      for (const column of columns) {
-        const td = el("td", "…");
-        if (column.recommended) td.classList.add("recommended");
-        tr.appendChild(td);
-        jobs.push({ td, body: { prompt, loras: column.loras, seed: Number(form.elements.seed.value) || 0,
-                                steps: Number(form.elements.steps.value) || 20, size: form.elements.size.value, response_format: "url" } });
+      for (const seed of seeds) {
+        const tr = document.createElement("tr");
+        const leak = row === prompts.length - 1 && prompts.length > 1 && trigger ? " (leak row)" : "";
+        tr.appendChild(el("td", prompt + leak + (seeds.length > 1 ? ` · seed ${seed}` : "")));
+        for (const column of columns) {
+          const td = el("td", "…");
+          if (column.recommended) td.classList.add("recommended");
+          tr.appendChild(td);
+          jobs.push({ td, body: { prompt, loras: column.loras, seed, steps: Number(form.elements.steps.value) || 20,
+                                  size: form.elements.size.value, response_format: "url" } });
+        }
+        table.appendChild(tr);
       }
-      table.appendChild(tr);
     }
-    try {
-      for (const job of jobs) {
-        const response = await fetch("/v1/images/generations", { method: "POST", credentials: "same-origin",
-          headers: { "X-CSRF-Token": CSRF, "Prefer": "respond-async", "Content-Type": "application/json" },
-          body: JSON.stringify(job.body) });
-        const data = await response.json();
-        if (!response.ok) throw new Error(data.detail || ("HTTP " + response.status));
-        job.id = data.id;
-      }
-      for (const job of jobs) {
+    let next = 0;
+    async function lane() {  // a few cells in flight at a time: a big grid never trips the per-key job cap
+      while (next < jobs.length) {
+        const job = jobs[next++];
+        job.id = await submitCell(job.body);
         const done = await finished(job.id);
         job.td.replaceChildren();
         if (done.status !== "succeeded") { job.td.textContent = done.status; continue; }
@@ -370,6 +453,10 @@ function initCompare() {
         img.alt = job.body.prompt;
         job.td.appendChild(img);
       }
+    }
+    try {
+      await Promise.all(Array.from({ length: Math.min(GRID_IN_FLIGHT, jobs.length) }, lane));
+      document.getElementById("cmp-export").hidden = false;
       flash(`Grid done: ${jobs.length} cell(s)`);
     } catch (error) { flash(error.message, true); }
   });
