@@ -175,18 +175,25 @@ def _dataset_zip(n: int = 4) -> bytes:
     return buffer.getvalue()
 
 
-def test_training_through_the_api_registers_its_lora_and_survives_a_lost_worker(toy):
-    client, auth, app, _ = toy
-    config = {"trigger": "ohwx_kfood_style", "lora_id": "trained-1", "steps": 8, "checkpoint_every": 2,
+def _train_until_step(client, auth, app, lora_id: str, steps: int, every: int, at: int) -> str:
+    """Submit a toy training through /v1/trainings and wait until it has logged step `at`; its job id."""
+    config = {"trigger": "ohwx_kfood_style", "lora_id": lora_id, "steps": steps, "checkpoint_every": every,
               "resolution": 64}
     response = client.post("/v1/trainings", files={"dataset": ("d.zip", _dataset_zip())},
                            data={"config": json.dumps(config)}, headers=auth)
     assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
+    job_id, store = response.json()["id"], app.state.store
+    end = time.time() + 300
+    while time.time() < end and not any(t == "step" and d.get("step", 0) >= at for _, t, d in store.events_after(job_id)):
+        time.sleep(0.2)
+    return job_id
+
+
+def test_training_through_the_api_registers_its_lora_and_survives_a_lost_worker(toy):
+    client, auth, app, _ = toy
+    job_id = _train_until_step(client, auth, app, "trained-1", steps=8, every=2, at=3)
     store = app.state.store
     end = time.time() + 300
-    while time.time() < end and not any(t == "step" and d.get("step", 0) >= 3 for _, t, d in store.events_after(job_id)):
-        time.sleep(0.2)
     os.kill(app.state.supervisor.pids()["w0"], signal.SIGKILL)  # mid-training
     while time.time() < end and store.get(job_id).status not in ("succeeded", "failed"):
         time.sleep(0.5)
@@ -205,15 +212,8 @@ def test_stopping_a_training_run_saves_a_checkpoint_and_resume_continues_from_it
     from lorastudio.studio.pages import status_label
 
     client, auth, app, _ = toy
-    config = {"trigger": "ohwx_kfood_style", "lora_id": "stopped-1", "steps": 40, "checkpoint_every": 20,
-              "resolution": 64}
-    response = client.post("/v1/trainings", files={"dataset": ("d.zip", _dataset_zip())},
-                           data={"config": json.dumps(config)}, headers=auth)
-    assert response.status_code == 202, response.text
-    job_id, store = response.json()["id"], app.state.store
-    end = time.time() + 300
-    while time.time() < end and not any(t == "step" and d.get("step", 0) >= 3 for _, t, d in store.events_after(job_id)):
-        time.sleep(0.2)
+    job_id = _train_until_step(client, auth, app, "stopped-1", steps=40, every=20, at=3)
+    store, end = app.state.store, time.time() + 300
     assert client.delete(f"/v1/jobs/{job_id}", headers=auth).status_code in (200, 202)
     while time.time() < end and store.get(job_id).status == "running":
         time.sleep(0.2)

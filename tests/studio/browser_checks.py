@@ -172,3 +172,15 @@ class LiveServer:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def drag_slider(page, selector: str, fraction: float) -> int:  # noqa: ANN001
+    """Drag a range input's handle with the mouse from its middle to `fraction` of its width; its new value."""
+    handle = page.locator(selector)
+    handle.scroll_into_view_if_needed()
+    box = handle.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2, steps=8)
+    page.mouse.up()
+    return int(page.evaluate(f"document.querySelector({selector!r}).value"))

@@ -105,10 +105,11 @@ def finished_run_with_checkpoints(store, data: Path, lora: bytes, lora_id: str =
     return job.id
 
 
-def trained_run(store, data: Path, photos: Path, lora_id: str = "kfood-real") -> str:
-    """A succeeded train job whose run folder holds a real 4-step `lorastudio train` run of the shipped
-    toy model on `photos` (checkpoints at steps 2 and 4, then final/), laid out as the worker lays it
-    out; returns the job id."""
+def trained_run(store, data: Path, photos: Path, lora_id: str = "kfood-real", run_id: str = "ef" * 16,
+                steps: int = 4, seed: int = 0) -> str:
+    """A succeeded train job whose run folder holds a real `steps`-step `lorastudio train` run of the
+    shipped toy model on `photos` (a checkpoint every 2 steps, then final/), laid out as the worker
+    lays it out; returns the job id."""
     import time
 
     import yaml
@@ -117,8 +118,7 @@ def trained_run(store, data: Path, photos: Path, lora_id: str = "kfood-real") ->
     from lorastudio.cli.main import cli
     from lorastudio.toyworld.pretrain import shipped_base_dir
 
-    run_id = "ef" * 16
-    job, _ = store.submit("train", "local", {"run_id": run_id, "lora_id": lora_id, "steps": 4})
+    job, _ = store.submit("train", "local", {"run_id": run_id, "lora_id": lora_id, "steps": steps})
     end = time.time() + 60
     while store.get(job.id).status != "succeeded":  # the (fake) worker marks it done; the run is real
         assert time.time() < end, store.get(job.id).status
@@ -133,9 +133,9 @@ def trained_run(store, data: Path, photos: Path, lora_id: str = "kfood-real") ->
     config = {"model": {"family": "sd15", "path": str(shipped_base_dir())},
               "data": {"datasets": [str(root / "dataset")]},
               "network": {"rank": 4, "alpha": 4.0, "targets": "attn"},
-              "train": {"max_steps": 4, "batch_size": 2, "lr": 5e-2, "seed": 0, "cache": "memory"},
+              "train": {"max_steps": steps, "batch_size": 2, "lr": 5e-2, "seed": seed, "cache": "memory"},
               "sample": {"at_start": False, "prompts": []},
-              "save": {"every_n_steps": 2, "keep_last": 3}, "output_dir": str(root / "run"),
+              "save": {"every_n_steps": 2, "keep_last": steps // 2 + 1}, "output_dir": str(root / "run"),
               "logging": {"every_n_steps": 1, "tensorboard": False}}
     (root / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     result = runner.invoke(cli, ["train", str(root / "train.yaml"), "--no-progress", "--skip-audit"],

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser_checks import Checked, LiveServer, cdp_metrics, click, launch, require_chromium, wait
+from browser_checks import Checked, LiveServer, cdp_metrics, click, drag_slider, launch, require_chromium, wait
 from studio_data import synthetic_dataset
 
 from lorastudio.serving.app import create_app
@@ -352,9 +352,13 @@ def test_whole_flow_upload_fix_train_and_enhance_with_the_toy_model(tmp_path, ch
         wait(tab, "document.getElementById('after').complete && document.getElementById('after').naturalWidth > 0",
                  timeout=300)
         assert tab.evaluate("document.getElementById('before').naturalWidth > 0")
-        tab.evaluate("(() => { const s = document.getElementById('slider'); s.value = 20; s.dispatchEvent(new Event('input')); })()")
-        assert tab.evaluate("document.getElementById('after').style.clipPath") == "inset(0px 0px 0px 20%)"
+        value = drag_slider(tab, "#slider", 0.2)  # before/after, dragged with the mouse
+        assert 10 <= value <= 30
+        assert tab.evaluate("document.getElementById('after').style.clipPath") == f"inset(0px 0px 0px {value}%)"
         checked.shot(tab, "enhance")
+        tab.goto(live.url + "/studio/jobs?kind=enhance")  # the enhance run is a job like any other (P8.1)
+        rows = tab.evaluate("Array.from(document.querySelectorAll('#job-rows tr')).map(r => r.textContent)")
+        assert len(rows) == 1 and "enhance" in rows[0] and "succeeded" in rows[0]
         checked.assert_clean()
     finally:
         live.close()
@@ -387,8 +391,9 @@ def test_compare_grid_has_a_leak_row_and_an_ab_slider(tmp_path, checked):
         assert tab.evaluate("document.querySelector('#cmp-grid tr:last-child td').textContent").endswith("(leak row)")
         click(tab, "#cmp-grid tr:nth-child(2) img")
         click(tab, "#cmp-grid tr:nth-child(4) img")
-        tab.evaluate("(() => { const s = document.getElementById('slider'); s.value = 30; s.dispatchEvent(new Event('input')); })()")
-        assert tab.evaluate("document.getElementById('after').style.clipPath") == "inset(0px 0px 0px 30%)"
+        value = drag_slider(tab, "#slider", 0.2)  # the A/B handle, dragged with the mouse (P7.3)
+        assert 10 <= value <= 30  # it followed the pointer from 50 to about 20
+        assert tab.evaluate("document.getElementById('after').style.clipPath") == f"inset(0px 0px 0px {value}%)"
         assert tab.evaluate("document.getElementById('cmp-a').src") != tab.evaluate("document.getElementById('after').src")
         checked.shot(tab, "compare")
         checked.assert_clean()
@@ -459,27 +464,43 @@ def test_jobs_page_pauses_and_resumes_the_queue(fake_live, tab, checked):
     click(tab, "[data-action=pause-queue]")
     wait(tab, "document.getElementById('flash').textContent === 'Queue paused'")
     assert queue_paused(fake_live.store) and tab.text_content("#queue-toggle") == "Resume queue"
-    job, _ = fake_live.store.submit("generate", "local", {"prompt": "bibimbap", "size": "64x64", "steps": 2, "seed": 1})
+    store = fake_live.store
+    a, b, c = (store.submit("generate", "local", {"prompt": p, "size": "64x64", "steps": 2, "seed": 1})[0]
+               for p in ("bibimbap", "japchae", "kimchi stew"))
     tab.wait_for_timeout(1500)  # the fake worker polls meanwhile and must take nothing
-    assert fake_live.store.get(job.id).status == "queued"
+    assert [store.get(j.id).status for j in (a, b, c)] == ["queued"] * 3
     checked.shot(tab, "queue-paused")
     tab.reload()
     assert tab.text_content("#queue-label").startswith("queue paused")
+    click(tab, f"tr[data-job='{b.id}'] [data-action=cancel-job]")  # cancel the middle one (P9.1)
+    wait(tab, f"document.getElementById('flash').textContent === 'Job {b.id[:8]}: canceled'")
+    click(tab, f"tr[data-job='{c.id}'] [data-action=prepend-job]")  # the last one runs next (P9.5)
+    wait(tab, f"document.getElementById('flash').textContent === 'Job {c.id[:8]} runs next'")
+    wait(tab, f"(document.querySelector(\"tr[data-job='{c.id}']\") || {{}}).textContent.includes('(#1)') && "
+              f"(document.querySelector(\"tr[data-job='{a.id}']\") || {{}}).textContent.includes('(#2)')")  # live rows
+    assert store.get(b.id).status == "canceled"
     click(tab, "[data-action=resume-queue]")
     wait(tab, "document.getElementById('flash').textContent === 'Queue resumed'")
     end = time.time() + 60
-    while fake_live.store.get(job.id).status != "succeeded":
-        assert time.time() < end, fake_live.store.get(job.id).status
+    while not all(store.get(j.id).status == "succeeded" for j in (a, c)):
+        assert time.time() < end, [store.get(j.id).status for j in (a, c)]
         time.sleep(0.1)
+    assert store.get(c.id).started_at <= store.get(a.id).started_at and store.get(b.id).status == "canceled"
     checked.assert_clean()
 
 
 def test_run_page_shows_lr_eta_and_samples_from_the_event_stream(live, tab, checked):
     from studio_data import train_job_with_samples
 
-    job_id, _ = train_job_with_samples(live.store, live.data)
+    job_id, run_id = train_job_with_samples(live.store, live.data)
+    log = live.data / "datasets" / run_id / "train.log"
+    log.write_text(f"data: {live.data}/datasets/{run_id}/dataset\n", encoding="utf-8")
     tab.goto(f"{live.url}/studio/jobs/{job_id}")
     wait(tab, "document.getElementById('loss-line').dataset.points === '2'")
+    assert tab.text_content("#log") == f"data: <data>/datasets/{run_id}/dataset\n"  # no server path reaches the page
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write("step 3: loss 0.1000\n")
+    wait(tab, "document.getElementById('log').textContent.endsWith('step 3: loss 0.1000\\n')")  # the log view streams
     assert tab.text_content("#live-lr") == "1.00e-3"
     assert tab.evaluate("document.getElementById('live-eta').dataset.seconds") == "9"  # (20 - 2) steps x 0.5 s
     wait(tab, "document.querySelectorAll('#samples figure[data-step=\"10\"] img').length === 2 && "
@@ -487,6 +508,15 @@ def test_run_page_shows_lr_eta_and_samples_from_the_event_stream(live, tab, chec
     live.store.add_event(job_id, "step", {"step": 3, "loss": 0.1, "n": 20, "lr": 5e-4, "s_per_step": 1.0})
     wait(tab, "document.getElementById('live-lr').textContent === '5.00e-4'")  # live, not just the replay
     assert tab.evaluate("document.getElementById('live-eta').dataset.seconds") == "17"
+    raw = tab.get_attribute("#loss-line", "points")  # losses 0.5, 0.25, 0.1 at steps 1-3
+    click(tab, "#loss-ema")
+    smoothed = tab.get_attribute("#loss-line", "points")
+    assert smoothed != raw and smoothed.split()[0] == raw.split()[0]  # the EMA starts at the first loss
+    click(tab, "#loss-log")
+    assert tab.get_attribute("#loss-line", "points") not in (raw, smoothed)
+    click(tab, "#loss-ema")
+    click(tab, "#loss-log")
+    assert tab.get_attribute("#loss-line", "points") == raw  # both off: the per-step curve again
     checked.shot(tab, "run-page")
     tab.reload()  # a reload replays the whole history: curve, rate and samples
     wait(tab, "document.getElementById('loss-line').dataset.points === '3' && "
@@ -519,17 +549,22 @@ def test_gallery_runs_a_captioning_backend_as_a_job(fake_live, tab, checked, pho
     checked.assert_clean()
 
 
-def test_compare_grid_has_checkpoint_columns_and_marks_the_recommended_one(tmp_path, checked):
-    from studio_data import finished_run_with_checkpoints, toy_lora_bytes
-
+def _fake_toy_server(data: Path):  # noqa: ANN202 - (data dir, store, live server)
+    """A live studio with one fast fake worker that knows the shipped toy model (its folder is what
+    real runs, checkpoints and evaluate read)."""
     from lorastudio.toyworld.pretrain import shipped_base_dir
 
-    data = tmp_path / "ckpt"
     data.mkdir()
     settings = Settings(data_dir=data, db_url=default_url(data), fake_workers=True, workers=1, fake_step_s=0.001,
                         model=str(shipped_base_dir()))
     store = JobStore(settings.db_url)
-    live = LiveServer(create_app(settings, store=store))
+    return data, store, LiveServer(create_app(settings, store=store))
+
+
+def test_compare_grid_has_checkpoint_columns_and_marks_the_recommended_one(tmp_path, checked):
+    from studio_data import finished_run_with_checkpoints, toy_lora_bytes
+
+    data, store, live = _fake_toy_server(tmp_path / "ckpt")
     tab = checked.page()
     try:
         job = finished_run_with_checkpoints(store, data, toy_lora_bytes(tmp_path / "l"))
@@ -556,25 +591,19 @@ def test_compare_grid_has_checkpoint_columns_and_marks_the_recommended_one(tmp_p
 
 
 def test_compare_evaluates_a_real_run_then_renders_seeds_and_exports_the_grid(tmp_path, checked, photos):
-    """Evaluate from the page (a real `evaluate` job on a real 4-step run) marks the checkpoint that
-    evaluation.json recommends; a grid of 3 prompts x 2 seeds x (base + 2 checkpoints x 2 scales)
-    renders and exports as one PNG of matching size."""
+    """Evaluate from the page (a real `evaluate` job on a real 6-step run) marks the checkpoint that
+    evaluation.json recommends; a grid of 2 runs x 3 checkpoints x 3 scales x 2 seeds (36 cells, plus
+    the base column) renders and exports as one PNG of matching size."""
     import json
 
     from PIL import Image
     from studio_data import trained_run
 
-    from lorastudio.toyworld.pretrain import shipped_base_dir
-
-    data = tmp_path / "eval"
-    data.mkdir()
-    settings = Settings(data_dir=data, db_url=default_url(data), fake_workers=True, workers=1, fake_step_s=0.001,
-                        model=str(shipped_base_dir()))
-    store = JobStore(settings.db_url)
-    live = LiveServer(create_app(settings, store=store))
+    data, store, live = _fake_toy_server(tmp_path / "eval")
     tab = checked.page()
     try:
-        job = trained_run(store, data, photos)
+        job = trained_run(store, data, photos, "kfood-a", "a1" * 16, steps=6)
+        other = trained_run(store, data, photos, "kfood-b", "b2" * 16, steps=6, seed=1)
         tab.goto(live.url + "/studio/compare")
         assert tab.evaluate("document.querySelector('#c-checkpoints strong.recommended') === null")
         tab.fill("#c-prompts", "ohwx_kfood_style, a photo of bibimbap")
@@ -584,30 +613,34 @@ def test_compare_evaluates_a_real_run_then_renders_seeds_and_exports_the_grid(tm
         tab.select_option("#c-size", "64x64")
         click(tab, f"[data-action=evaluate-run][data-job='{job}']")
         wait(tab, "document.querySelector('#c-checkpoints strong.recommended') !== null", timeout=300)
-        rec = json.loads((data / "datasets" / ("ef" * 16) / "run" / "evaluation.json").read_text())["recommendation"]
+        rec = json.loads((data / "datasets" / ("a1" * 16) / "run" / "evaluation.json").read_text())["recommendation"]
         marked = tab.evaluate("document.querySelector('#c-checkpoints strong.recommended').closest('label')"
                               ".querySelector('input').value")
         assert marked == f"{job}:{rec['step']}" and rec["scale"] == 1.0
-        for step in (2, 4):
-            tab.check(f"input[name=ckpt][value='{job}:{step}']")
-        tab.fill("#c-prompts", "ohwx_kfood_style, a photo of bibimbap\nohwx_kfood_style, a photo of japchae")
-        tab.fill("#c-trigger", "ohwx_kfood_style")
-        tab.fill("#c-scales", "0.5, 1.0")
+        for run in (job, other):  # §5.4 P7.1: 2 runs x 3 checkpoints x 3 scales x 2 seeds
+            for step in (2, 4, 6):
+                tab.check(f"input[name=ckpt][value='{run}:{step}']")
+        tab.fill("#c-prompts", "ohwx_kfood_style, a photo of bibimbap")
+        tab.fill("#c-trigger", "")
+        tab.fill("#c-scales", "0.5, 0.8, 1.0")
         tab.fill("#c-seed", "1, 2")
         tab.select_option("#c-size", "64x64")
         click(tab, "#compare-form button[type=submit]")
-        wait(tab, "document.getElementById('flash').textContent.startsWith('Grid done')", timeout=120)
+        wait(tab, "document.getElementById('flash').textContent.startsWith('Grid done')", timeout=180)
         wait(tab, "Array.from(document.querySelectorAll('#cmp-grid img')).every(i => i.complete && i.naturalWidth > 0)")
-        assert tab.evaluate("document.querySelectorAll('#cmp-grid img').length") == 30  # 6 rows x 5 columns
-        assert tab.evaluate("document.querySelectorAll('#cmp-grid td.recommended img').length") == 6
+        heads = tab.evaluate("Array.from(document.querySelectorAll('#cmp-grid th')).map(t => t.textContent)")
+        assert len(heads) == 2 + 18 and sum(h.startswith(("kfood-a step", "kfood-b step")) for h in heads) == 18
+        assert tab.evaluate("document.querySelectorAll('#cmp-grid td:not(:first-child) img').length") == 2 * 19
+        assert tab.evaluate("document.querySelectorAll('#cmp-grid td:nth-child(n+3) img').length") == 36  # every checkpoint x scale x seed cell rendered (plus 2 base cells)
+        assert tab.evaluate("document.querySelectorAll('#cmp-grid td.recommended img').length") == 2  # 1 column x 2 seeds
         labels = tab.evaluate("Array.from(document.querySelectorAll('#cmp-grid tr td:first-child')).map(t => t.textContent)")
-        assert [label.rsplit(" · seed ", 1)[1] for label in labels] == ["1", "2"] * 3 and "(leak row)" in labels[-1]
+        assert [label.rsplit(" · seed ", 1)[1] for label in labels] == ["1", "2"]
         side = tab.evaluate("document.querySelector('#cmp-grid img').naturalWidth")
         with tab.expect_download() as download:
             click(tab, "#cmp-export")
         exported = Image.open(download.value.path())
         assert download.value.suggested_filename == "lorastudio-compare.png"
-        assert exported.format == "PNG" and exported.size == (5 * side, 24 + 6 * side)
+        assert exported.format == "PNG" and exported.size == (19 * side, 24 + 2 * side)
         checked.shot(tab, "compare-evaluated")
         checked.assert_clean()
     finally:
@@ -746,4 +779,65 @@ def test_each_audit_history_entry_opens_with_its_table_and_the_one_before(live, 
         else:
             assert len(cells) == 6 and "Before:" not in tab.evaluate("document.getElementById('audit-shown').textContent")
         tab.goto(live.url + "/studio/datasets/kfood/audit")
+    checked.assert_clean()
+
+
+def test_enhance_shows_a_clear_error_for_a_file_that_is_not_an_image_and_the_server_stays_up(fake_live, tab, checked,
+                                                                                              tmp_path):
+    import urllib.request
+
+    checked.allow.update({413, 415, 422})  # the refusal is the point: its status is shown on the page
+    fake = tmp_path / "menu.jpg"
+    fake.write_bytes(b"%PDF-1.7 this is a restaurant menu, not a photo\n" * 20)
+    tab.goto(fake_live.url + "/studio/enhance")
+    tab.set_input_files("#e-image", str(fake))
+    click(tab, "#enhance-form button[type=submit]")
+    wait(tab, "document.getElementById('flash').className === 'error'")
+    message = tab.text_content("#flash")
+    assert message and "image" in message.lower() and "Traceback" not in message and "/" not in message.replace("/v1", "")
+    with urllib.request.urlopen(fake_live.url + "/healthz", timeout=10) as answer:  # still serving
+        assert answer.status == 200
+    assert tab.evaluate("document.getElementById('results').hidden")  # no before/after for a refused upload
+    checked.shot(tab, "enhance-refused")
+    checked.assert_clean()
+
+
+def test_a_page_on_another_loopback_port_cannot_act_for_the_logged_in_user(fake_live, tab, checked, tmp_path):
+    """The same browser, logged in (local session), opens a page served from another port of
+    127.0.0.1 (same site, other origin) that posts a form and a credentialed fetch to the studio:
+    both are refused and nothing changes."""
+    import http.server
+    import threading
+
+    from lorastudio.serving.routes.admin import queue_paused
+
+    checked.allow.update({403})
+    tab.goto(fake_live.url + "/studio/jobs")  # the session cookie is set
+    attack = tmp_path / "attack"
+    attack.mkdir()
+    (attack / "index.html").write_text(
+        "<!doctype html><title>prize</title><form method=post action='" + fake_live.url + "/v1/queue/pause'>"
+        "<input name=x value=1></form><script>fetch('" + fake_live.url + "/v1/datasets/x/undo', {method: 'POST', "
+        "credentials: 'include'}).catch(() => {}).finally(() => document.forms[0].submit());</script>", encoding="utf-8")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            super().__init__(*args, directory=str(attack), **kwargs)
+
+        def log_message(self, *args):  # noqa: ANN002
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        evil = f"http://127.0.0.1:{other.server_address[1]}"
+        tab.goto(evil + "/index.html")
+        wait(tab, f"location.href.startsWith('{fake_live.url}/v1/queue/pause')")  # the form went through...
+        assert "bad_origin" in tab.content()  # ...and was refused for its origin
+        assert not queue_paused(fake_live.store)
+    finally:
+        other.shutdown()
+    # Not faults of the studio: the attacker's own pages (no CSP, no favicon) and the browser
+    # refusing the credentialed cross-origin fetch (no CORS grant).
+    checked.problems = [p for p in checked.problems if evil not in p and "ERR_FAILED" not in p]
     checked.assert_clean()

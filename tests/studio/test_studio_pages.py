@@ -771,3 +771,89 @@ def test_preset_submit_resolves_to_init_config_plus_the_same_overrides(studio_fa
     expected = deep_merge(deep_merge(yaml.safe_load(printed.stdout), form), server)
     assert TrainConfig.model_validate(written).model_dump() == TrainConfig.model_validate(expected).model_dump()
     assert written["train"]["max_steps"] == preset["steps"] and written["network"]["rank"] == preset["rank"]
+
+
+def test_job_log_streams_from_an_offset_without_server_paths(studio_factory):
+    with studio_factory(workers=0) as svc:
+        svc.refresh_csrf()
+        job, _ = svc.store.submit("train", "local", {"run_id": "ab" * 16, "lora_id": "x", "steps": 4})
+        assert svc.client.get(f"/v1/jobs/{job.id}/log").json() == {"text": "", "offset": 0, "done": False}
+        assert 'id="log"' in svc.client.get(f"/studio/jobs/{job.id}").text  # queued: the view waits for a log
+        log = svc.data / "datasets" / ("ab" * 16) / "train.log"
+        log.parent.mkdir(parents=True)
+        log.write_text(f"caching into {svc.data}/datasets/x\n", encoding="utf-8")
+        first = svc.client.get(f"/v1/jobs/{job.id}/log").json()
+        assert first["text"] == "caching into <data>/datasets/x\n" and first["offset"] == log.stat().st_size
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write("step 1 loss 0.5\n")
+        more = svc.client.get(f"/v1/jobs/{job.id}/log?offset={first['offset']}").json()
+        assert more["text"] == "step 1 loss 0.5\n" and more["offset"] == log.stat().st_size
+        assert svc.client.get(f"/v1/jobs/{job.id}/log?offset={more['offset']}").json()["text"] == ""
+        page = svc.client.get(f"/studio/jobs/{job.id}").text
+        assert "&lt;data&gt;/datasets/x" in page and str(svc.data) not in page
+        other, _ = svc.store.submit("generate", "local", {"prompt": "p"})
+        assert svc.client.get(f"/v1/jobs/{other.id}/log").json()["text"] == ""
+        assert svc.client.get("/v1/jobs/" + "0" * 32 + "/log").status_code == 404
+
+
+def test_jobs_and_their_histories_survive_a_service_restart(studio_factory):
+    with studio_factory(workers=1, fake_step_s=0.001) as svc:
+        svc.refresh_csrf()
+        done, _ = svc.store.submit("generate", "local", {"prompt": "bibimbap", "size": "64x64", "steps": 2, "seed": 1})
+        assert svc.wait_status(done.id)["status"] == "succeeded"
+        svc.client.post("/v1/queue/pause", headers=svc.h())
+        waiting, _ = svc.store.submit("generate", "local", {"prompt": "japchae", "size": "64x64", "steps": 2, "seed": 1})
+        before = svc.client.get(f"/v1/jobs/{done.id}/events-log").json()["data"]
+    with studio_factory(workers=0) as svc:  # the same data dir and store, a new process's app
+        svc.refresh_csrf()
+        rows = svc.client.get("/studio/jobs").text
+        assert done.id[:8] in rows and waiting.id[:8] in rows and "queued" in rows and "succeeded" in rows
+        assert svc.client.get(f"/v1/jobs/{done.id}/events-log").json()["data"] == before  # the whole history
+        page = svc.client.get(f"/studio/jobs/{done.id}").text
+        assert "completed" in page and page.count('<li data-event="') == len(before)
+
+
+def test_settings_show_models_storage_and_a_warning_when_exposed(studio_factory, photos):
+    with studio_factory(workers=0) as svc:
+        svc.refresh_csrf()
+        svc.upload(photos)
+        page = svc.client.get("/studio/settings").text
+        assert 'id="models"' in page and "none (serve --controlnet)" in page and "sd15" in page
+        assert 'id="storage"' in page and "studio/" in page and "free on the data disk" in page
+        assert str(svc.data) not in page and 'id="exposed"' not in page  # loopback: no warning, no paths
+        studio_mb = float(re.search(r"<td>studio/</td><td>([0-9.]+) MB", page).group(1))
+        assert studio_mb > 0  # the uploaded photos, thumbnails and manifest are counted
+        svc.app.state.settings.host = "0.0.0.0"
+        svc.key("admin")
+        token = svc.key("admin")
+        svc.login(token)
+        assert 'id="exposed"' in svc.client.get("/studio/settings").text
+
+
+def test_the_event_stream_resumes_after_last_event_id(studio_factory):
+    with studio_factory(workers=1, fake_step_s=0.001) as svc:
+        svc.refresh_csrf()
+        job, _ = svc.store.submit("generate", "local", {"prompt": "bibimbap", "size": "64x64", "steps": 3, "seed": 1})
+        assert svc.wait_status(job.id)["status"] == "succeeded"
+        ids = [e["id"] for e in svc.client.get(f"/v1/jobs/{job.id}/events-log").json()["data"]]
+        full = svc.client.get(f"/v1/jobs/{job.id}/events").text
+        assert re.findall(r"^id: (\d+)$", full, re.M) == [str(i) for i in ids]  # a new client: everything
+        tail = svc.client.get(f"/v1/jobs/{job.id}/events", headers={"Last-Event-ID": str(ids[1])}).text
+        assert re.findall(r"^id: (\d+)$", tail, re.M) == [str(i) for i in ids[2:]]  # a reconnect: only what it missed
+        assert "event: completed" in tail
+
+
+def test_training_presets_follow_the_served_family(studio_factory, photos):
+    from lorastudio.studio.pages import PRESET_FAMILIES, PRESETS
+
+    assert set(PRESET_FAMILIES) == set(PRESETS)
+    with studio_factory(workers=0) as svc:
+        svc.refresh_csrf()
+        svc.upload(photos)
+        page = svc.client.get("/studio/runs/new").text
+        assert 'value="toy"' in page and 'value="sd15_style"' in page and 'value="sdxl_style"' not in page
+        svc.app.state.settings.family = "sdxl"
+        page = svc.client.get("/studio/runs/new").text
+        assert 'value="sdxl_style"' in page and 'value="sd15_style"' not in page and 'value="toy"' not in page
+        svc.app.state.settings.family = "flux"
+        assert 'value="flux_style"' in svc.client.get("/studio/runs/new").text

@@ -359,17 +359,6 @@ async def jobs_page(request: Request, kind: str = "", status: str = ""):
     return render(template, ctx, title="Jobs", jobs=views, kind=kind, state_filter=status, paused=paused)
 
 
-def job_log(data_dir: Path, job: Any) -> Path | None:
-    """The log a job's child processes write: train.log of its run, or its caption/evaluate log."""
-    run_id = str((job.params or {}).get("run_id", ""))
-    if job.kind == "train" and re.match(r"^[0-9a-f]{32}$", run_id):
-        return data_dir / "datasets" / run_id / "train.log"
-    if job.kind in ("caption", "evaluate") and re.match(r"^[0-9a-f-]{8,64}$", job.id):
-        folder, name = ("captions", "caption.log") if job.kind == "caption" else ("evaluations", "evaluate.log")
-        return data_dir / folder / job.id / name
-    return None
-
-
 @router.get("/studio/jobs/{job_id}")
 async def job_page(job_id: str, request: Request):
     """One job: its trace, events and (for training) the log tail."""
@@ -381,15 +370,42 @@ async def job_page(job_id: str, request: Request):
     if job is None:
         raise ApiError(404, "not_found", "no such job")
     events = await run_in_threadpool(store.event_log, job_id)
-    log_tail = ""
-    log = job_log(request.app.state.settings.data_dir, job)
-    if log is not None and log.is_file() and not log.is_symlink():
-        log_tail = log.read_bytes()[-8000:].decode("utf-8", "replace")
-    from lorastudio.serving.routes.runs import sample_prompts
+    from lorastudio.serving.routes.runs import job_log, read_log, sample_prompts
+
+    data_dir = request.app.state.settings.data_dir
+    log_tail, log_end = await run_in_threadpool(read_log, data_dir, job, -8000)
+    if log_tail is None and job_log(data_dir, job) is not None and job.status in ("queued", "running"):
+        log_tail = ""  # no log yet: the view fills in as the job writes one
 
     return render("job.html", ctx, title=f"Job {job_id[:8]}", job=await run_in_threadpool(job_view, store, job),
                   samples_possible=bool(sample_prompts(job)),
-                  trace=job.trace or [], events=events, log_tail=log_tail, params=job.params)
+                  trace=job.trace or [], events=events, log_tail=log_tail, log_end=log_end, params=job.params)
+
+
+STORAGE_FOLDERS = ("studio", "datasets", "outputs", "inputs", "loras", "evaluations", "captions")
+
+
+def storage_facts(data_dir: Path, max_files: int = 200_000) -> dict[str, Any]:
+    """Bytes used per top folder of the data dir and the disk's free space (names only, never paths);
+    a folder with more than `max_files` files is reported as at least what was counted."""
+    import os
+    import shutil
+
+    used, counted = {}, 0
+    for name in STORAGE_FOLDERS:
+        total, root = 0, data_dir / name
+        for folder, _dirs, files in os.walk(root) if root.is_dir() and not root.is_symlink() else ():
+            for file in files:
+                counted += 1
+                try:
+                    total += os.lstat(os.path.join(folder, file)).st_size
+                except OSError:
+                    continue
+            if counted > max_files:
+                break
+        used[name] = total
+    disk = shutil.disk_usage(data_dir)
+    return {"used": used, "free": disk.free, "total": disk.total, "partial": counted > max_files}
 
 
 @router.get("/studio/settings")
@@ -400,9 +416,17 @@ async def settings_page(request: Request):
     ctx = await session(request)
     settings = request.app.state.settings
     keys = await run_in_threadpool(request.app.state.store.list_keys) if ctx.caller.admin else []
+    from lorastudio.studio.captioning import local_models
+    from lorastudio.studio.security import is_loopback
+
+    served = served_defaults(settings)
+    models = {"base model": f"{served.family}{' ' + served.variant if served.variant else ''}",
+              "ControlNet (enhance canny)": "configured" if settings.controlnet else "none (serve --controlnet)",
+              "captioners in models/captioners/": ", ".join(local_models(settings.data_dir)) or "none"}
     return render("settings.html", ctx, title="Settings", keys=keys, versions=(await versions(request, ctx.caller))["data"],
                   host=settings.host, port=settings.port, local=ctx.caller.key_id == LOCAL_KEY,
-                  admin=ctx.caller.admin)
+                  admin=ctx.caller.admin, exposed=not is_loopback(settings.host), models=models,
+                  storage=await run_in_threadpool(storage_facts, settings.data_dir) if ctx.caller.admin else None)
 
 
 @router.get("/studio/enhance")
@@ -464,7 +488,14 @@ PRESETS = {
                    "resolution": 512, "checkpoint_every": 250},
     "food_style": {"label": "Food-style recipe (SD 1.5, rank 32)", "steps": 2000, "rank": 32, "learning_rate": 0.0001,
                    "resolution": 512, "checkpoint_every": 250},
+    "sdxl_style": {"label": "SDXL style LoRA, 1024 px", "steps": 1500, "rank": 16, "learning_rate": 0.0001,
+                   "resolution": 1024, "checkpoint_every": 250},
+    "flux_style": {"label": "FLUX.1 style LoRA, 1024 px (rank 16)", "steps": 1500, "rank": 16, "learning_rate": 0.0001,
+                   "resolution": 1024, "checkpoint_every": 250},
 }
+# Which presets fit which served family (the server trains only the family it serves).
+PRESET_FAMILIES = {"toy": ("sd15",), "sd15_style": ("sd15", "sd2"), "food_style": ("sd15", "sd2"),
+                   "sdxl_style": ("sdxl",), "flux_style": ("flux",)}
 
 
 @router.get("/studio/runs/new")
@@ -488,8 +519,10 @@ async def training_form(request: Request, dataset: str = ""):
                "min": spec.get("minimum", spec.get("exclusiveMinimum")), "max": spec.get("maximum"),
                "description": described.get(name) or spec.get("description", ""), "pattern": spec.get("pattern")}
               for name, spec in schema.items() if name not in ("override_reason", "priority", "config_yaml")]
+    family = request.app.state.settings.family
+    presets = {k: v for k, v in PRESETS.items() if family in PRESET_FAMILIES[k]}
     return render("train.html", ctx, title="New training run", datasets=ids, dataset=chosen, gate=gate,
-                  images=images, fields=fields, presets=PRESETS)
+                  images=images, fields=fields, presets=presets, family=family)
 
 
 def install(app: Any) -> None:

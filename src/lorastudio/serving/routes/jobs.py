@@ -65,15 +65,18 @@ async def job_trace(job_id: str, request: Request, caller: Caller = Depends(requ
 
 @router.get("/v1/jobs/{job_id}/events")
 async def job_events(job_id: str, request: Request, caller: Caller = Depends(require("generate"))):
-    """Server-sent events: queued, started, step, completed, failed, canceled (JSON data)."""
+    """Server-sent events: queued, started, step, completed, failed, canceled (JSON data). A client
+    that reconnects with `Last-Event-ID` gets only what came after that event; a new one gets it all."""
     await _own_job(request, caller, job_id)
     hub, store = request.app.state.hub, request.app.state.store
+    last = request.headers.get("last-event-id", "")
+    resume_after = int(last) if last.isdigit() and len(last) < 19 else 0
 
     async def stream():
         queue = hub.subscribe(job_id)
         try:
-            seen = 0
-            for event_id, kind, data in await run_in_threadpool(store.events_after, job_id, 0):
+            seen = resume_after
+            for event_id, kind, data in await run_in_threadpool(store.events_after, job_id, resume_after):
                 seen = event_id
                 yield _sse(event_id, kind, data)
                 if kind in _END_EVENTS:

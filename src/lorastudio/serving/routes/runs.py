@@ -183,6 +183,52 @@ async def job_sample(job_id: str, step: int, name: str, request: Request,
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
+LOG_CHUNK = 64 * 1024
+
+
+def job_log(data_dir, job):  # noqa: ANN001, ANN201 - Path | None
+    """The log a job's child processes write: train.log of its run, or its caption/evaluate log."""
+    import re
+
+    run_id = str((job.params or {}).get("run_id", ""))
+    if job.kind == "train" and re.fullmatch(r"[0-9a-f]{32}", run_id):
+        return data_dir / "datasets" / run_id / "train.log"
+    if job.kind in ("caption", "evaluate") and re.fullmatch(r"[0-9a-f]{32}", job.id):
+        folder, name = ("captions", "caption.log") if job.kind == "caption" else ("evaluations", "evaluate.log")
+        return data_dir / folder / job.id / name
+    return None
+
+
+def read_log(data_dir, job, offset: int) -> tuple[str, int] | tuple[None, int]:  # noqa: ANN001
+    """(text from byte `offset` on, at most LOG_CHUNK; the offset to ask for next). A negative offset
+    is the tail. The server's own folder is shown as `<data>`: a log never hands out server paths.
+    (None, 0) when the job has no log (yet)."""
+    log = job_log(data_dir, job)
+    if log is None or not log.is_file() or log.is_symlink():
+        return None, 0
+    size = log.stat().st_size
+    start = max(0, size + offset) if offset < 0 else (offset if offset <= size else 0)  # a shorter file: a new log
+    with open(log, "rb") as handle:
+        handle.seek(start)
+        data = handle.read(LOG_CHUNK)
+    cut = data.rfind(b"\n") + 1 if len(data) == LOG_CHUNK else len(data)  # whole lines only, unless one is huge
+    data = data[:cut or len(data)]
+    text = data.decode("utf-8", "replace").replace(str(data_dir.resolve()), "<data>").replace(str(data_dir), "<data>")
+    return text, start + len(data)
+
+
+@router.get("/v1/jobs/{job_id}/log")
+async def job_log_text(job_id: str, request: Request, offset: int = 0, caller: Caller = Depends(require("generate"))):
+    """A job's log from byte `offset` (the job page polls this while the job runs: the log view streams)."""
+    from lorastudio.serving.store import TERMINAL
+
+    job = await run_in_threadpool(request.app.state.store.get, job_id, caller.owner_filter())
+    if job is None:
+        raise ApiError(404, "not_found", "no such job")
+    text, end = await run_in_threadpool(read_log, request.app.state.settings.data_dir, job, offset)
+    return {"text": text or "", "offset": end if text is not None else offset, "done": job.status in TERMINAL}
+
+
 SAMPLE_ASKED = "sample_asked"  # the event a "Sample now" request leaves for the worker running the job
 
 

@@ -54,10 +54,20 @@ function initLive() {
   const line = document.getElementById("loss-line");
   const events = document.getElementById("events");
   const seen = new Set(Array.from(events.children).map((li) => li.dataset.event));
+  const emaBox = document.getElementById("loss-ema"), logBox = document.getElementById("loss-log");
+  function shown(raw) {  // the plotted values: optionally an EMA (0.9) of the per-step loss, optionally log10
+    let ema = null;
+    return raw.map((loss) => {
+      ema = ema === null ? loss : 0.9 * ema + 0.1 * loss;
+      const value = emaBox && emaBox.checked ? ema : loss;
+      return logBox && logBox.checked ? Math.log10(Math.max(value, 1e-8)) : value;
+    });
+  }
+  for (const box of [emaBox, logBox]) if (box) box.addEventListener("change", () => draw());
   function draw() {
     const steps = Array.from(points.keys()).sort((a, b) => a - b);
     if (!steps.length) return;
-    const losses = steps.map((s) => points.get(s));
+    const losses = shown(steps.map((s) => points.get(s)));
     const lo = Math.min(...losses), hi = Math.max(...losses), last = steps[steps.length - 1] || 1;
     line.setAttribute("points", steps.map((s, i) =>
       `${(400 * s / last).toFixed(1)},${(115 - 110 * (losses[i] - lo) / ((hi - lo) || 1)).toFixed(1)}`).join(" "));
@@ -121,6 +131,27 @@ function initLive() {
 }
 
 // ---------------------------------------------------------------- settings
+function initLogView() {
+  // The job page's log tail keeps growing while the job runs (a poll of /v1/jobs/{id}/log from its byte offset).
+  const pre = document.getElementById("log");
+  if (!pre) return;
+  let offset = Number(pre.dataset.offset) || 0;
+  async function poll() {
+    try {
+      const out = await api("GET", `/v1/jobs/${pre.dataset.job}/log?offset=${offset}`);
+      if (out.text) {
+        const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        pre.textContent += out.text;
+        if (atEnd) pre.scrollTop = pre.scrollHeight;
+      }
+      offset = out.offset;
+      pre.dataset.offset = String(offset);
+      if (!out.done) setTimeout(poll, 1500);
+    } catch (error) { flash(error.message, true); }
+  }
+  setTimeout(poll, 1500);
+}
+
 function initSettings() {
   const form = document.getElementById("key-form");
   if (form) {
@@ -463,6 +494,6 @@ function initCompare() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {  // runs after studio.js's (scripts load in order)
-  for (const init of [initJobs, initLive, initSettings, initTraining, initEnhance, initCompare]) init();
+  for (const init of [initJobs, initLive, initLogView, initSettings, initTraining, initEnhance, initCompare]) init();
   document.body.dataset.ready = "1";  // handlers attached (the browser tests wait for this before clicking)
 });
