@@ -21,8 +21,7 @@ from typing import Any
 
 from lorastudio.serving.files import content_path, read_content, store_bytes
 from lorastudio.serving.served import served_model
-from lorastudio.serving.trace import JobCanceled, JobFailed, Trace
-
+from lorastudio.serving.trace import SAMPLE_ASKED, JobCanceled, JobFailed, Trace
 from lorastudio.training.signals import SAMPLE_SIGNAL
 
 
@@ -396,8 +395,6 @@ def _child(argv: list[str], cwd: Path, log_path: Path) -> subprocess.Popen:
 
 def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path: Path) -> int:
     """Run a lorastudio command as a child, forwarding cancel as Ctrl-C and progress as events."""
-    from lorastudio.serving.routes.runs import SAMPLE_ASKED
-
     metrics = cwd / "run" / "metrics.jsonl"
     done = _logged_steps(metrics)  # a resumed run: steps an earlier attempt or job already reported
     seen = max((i for i, _, _ in runner.store.events_after(job.id, 0)), default=0)  # older asks are not replayed
@@ -465,11 +462,13 @@ def _announce_samples(runner: PipelineRunner, job: Any, samples: Path, announced
     return announced
 
 
-def _last_complete_step(checkpoints: Path) -> int | None:
-    """The newest checkpoint folder the trainer finished writing (it writes COMPLETE.json last)."""
-    steps = [int(p.name[5:]) for p in checkpoints.glob("step_*")
-             if p.name[5:].isdigit() and (p / "COMPLETE.json").is_file()] if checkpoints.is_dir() else []
-    return max(steps, default=None)
+def complete_steps(checkpoints: Path) -> list[int]:
+    """Steps of the checkpoint folders the trainer finished writing (COMPLETE.json, written last, and
+    the adapter file), oldest first; symlinked folders are not the run's own and are skipped."""
+    if not checkpoints.is_dir():
+        return []
+    return sorted(int(p.name[5:]) for p in checkpoints.glob("step_*") if p.name[5:].isdigit() and not p.is_symlink()
+                  and (p / "COMPLETE.json").is_file() and (p / "lora.safetensors").is_file())
 
 
 def run_training(runner: PipelineRunner, job: Any, trace: Trace) -> dict:
@@ -510,8 +509,8 @@ def run_training(runner: PipelineRunner, job: Any, trace: Trace) -> dict:
             code = _cli(runner, job, ["train", str(root / "train.yaml"), "--resume", "auto", "--no-progress",
                                       "--skip-audit"], root, log_path)
         except JobCanceled:  # stopped: the trainer saved on Ctrl-C; say where, so Resume is one click
-            raise JobCanceled({"saved_step": _last_complete_step(root / "run" / "checkpoints"),
-                               "images": []}) from None
+            saved = complete_steps(root / "run" / "checkpoints")
+            raise JobCanceled({"saved_step": saved[-1] if saved else None, "images": []}) from None
     if code != 0:
         raise JobFailed("train_failed", f"training exited with code {code} (see the run's train.log)")
     final = root / "run" / "final" / "lora.safetensors"

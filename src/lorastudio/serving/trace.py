@@ -14,6 +14,9 @@ import time
 from typing import Any
 
 
+SAMPLE_ASKED = "sample_asked"  # the event a "Sample now" request leaves for the worker running the job
+
+
 class JobCanceled(Exception):
     """Raised from the step callback when the job's owner canceled it; `result` is what the job
     kept (a stopped training run names the checkpoint it saved)."""

@@ -229,9 +229,6 @@ async def job_log_text(job_id: str, request: Request, offset: int = 0, caller: C
     return {"text": text or "", "offset": end if text is not None else offset, "done": job.status in TERMINAL}
 
 
-SAMPLE_ASKED = "sample_asked"  # the event a "Sample now" request leaves for the worker running the job
-
-
 def sample_prompts(job) -> list:  # noqa: ANN001
     """The sample prompts a training job's config gives its trainer (none: nothing to render)."""
     return list(((job.params or {}).get("config") or {}).get("sample", {}).get("prompts") or [])
@@ -248,6 +245,8 @@ async def sample_now(job_id: str, request: Request, caller: Caller = Depends(req
         raise ApiError(409, "not_running", f"the training job is {job.status}; samples render only while it runs")
     if not sample_prompts(job):
         raise ApiError(409, "no_sample_prompts", "this run has no sample prompts; set sample.prompts in the YAML tab")
+    from lorastudio.serving.trace import SAMPLE_ASKED
+
     await run_in_threadpool(store.add_event, job.id, SAMPLE_ASKED, {"by": caller.key_id})
     return {"id": job.id, "asked": True}
 
@@ -260,10 +259,10 @@ def run_checkpoints(data_dir, job) -> dict | None:  # noqa: ANN001
     run_id = str((job.params or {}).get("run_id", ""))
     if job.kind != "train" or not re.fullmatch(r"[0-9a-f]{32}", run_id):
         return None
+    from lorastudio.serving.runners import complete_steps
+
     run = data_dir / "datasets" / run_id / "run"
-    folders = (run / "checkpoints").glob("step_*") if (run / "checkpoints").is_dir() else []
-    steps = sorted(int(p.name[5:]) for p in folders if p.name[5:].isdigit() and not p.is_symlink()
-                   and (p / "COMPLETE.json").is_file() and (p / "lora.safetensors").is_file())
+    steps = complete_steps(run / "checkpoints")
     recommended = None
     evaluation = run / "evaluation.json"
     if evaluation.is_file() and not evaluation.is_symlink():
