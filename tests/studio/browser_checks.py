@@ -184,3 +184,31 @@ def drag_slider(page, selector: str, fraction: float) -> int:  # noqa: ANN001
     page.mouse.move(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2, steps=8)
     page.mouse.up()
     return int(page.evaluate(f"document.querySelector({selector!r}).value"))
+
+
+GLYPH_JS = """([selector, chars]) => {
+  // Each character drawn alone, in the element's own font, on a canvas: its pixels as a string.
+  const font = getComputedStyle(document.querySelector(selector)).fontFamily;
+  return chars.map(ch => {
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 48;
+    const ctx = canvas.getContext("2d");
+    ctx.font = `40px ${font}`;
+    ctx.fillStyle = "#000";
+    ctx.fillText(ch, 4, 40);
+    const alpha = Array.from(ctx.getImageData(0, 0, 48, 48).data).filter((_, i) => i % 4 === 3);
+    return {ink: alpha.filter(a => a > 0).length, pixels: alpha.join(",")};
+  });
+}"""
+
+
+def assert_glyphs_render(page, selector: str, text: str) -> None:  # noqa: ANN001
+    """Every character of `text` draws with ink, in `selector`'s font, and no two distinct ones draw
+    alike nor like a code point no font has (a missing font draws one .notdef box for all of them)."""
+    chars = sorted(set(text) - {" "})
+    drawn = page.evaluate(GLYPH_JS, [selector, [*chars, "\U0010fffd"]])
+    notdef = drawn[-1]["pixels"]
+    for ch, glyph in zip(chars, drawn, strict=False):
+        assert glyph["ink"] > 20, f"{ch!r} draws nothing in the font of {selector}"
+        assert glyph["pixels"] != notdef, f"{ch!r} draws as the missing-glyph box in the font of {selector}"
+    assert len({g["pixels"] for g in drawn[:-1]}) == len(chars), f"two characters of {text!r} draw alike"

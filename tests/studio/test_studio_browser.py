@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
-from browser_checks import Checked, LiveServer, cdp_metrics, click, drag_slider, launch, require_chromium, wait
+from browser_checks import (Checked, LiveServer, assert_glyphs_render, cdp_metrics, click, drag_slider, launch,
+                            require_chromium, wait)
 from studio_data import synthetic_dataset
 
 from lorastudio.serving.app import create_app
@@ -77,6 +79,18 @@ def _upload_photos(live, tab, photos: Path) -> None:
 def _sidecars(live) -> dict[str, str]:
     folder = live.data / "studio" / "datasets" / "kfood" / "dataset" / "images"
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.txt"))}
+
+
+def _tiny_tagger(data: Path, tags: list[tuple[str, int]], bias: list[float]) -> Path:
+    """A tiny WD14-shaped tagger in the studio's captioner folder: each tag's score is its bias alone."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "captions" / "backends"))
+    import tiny_caption_models as tiny
+
+    return tiny.build_tagger(data / "models" / "captioners" / "wd-tiny", tags, np.zeros((3, len(tags))), np.array(bias))
 
 
 def _blur_and_wait_saved(tab, next_field: str = "slot-trigger") -> None:
@@ -193,6 +207,8 @@ def test_caption_editor_autosaves_undoes_lints_and_detects_conflicts(live, tab, 
     tab.keyboard.insert_text("a photo of 양념치킨")
     wait(tab, "document.querySelector('#lint li[data-code=hangul]') !== null")
     wait(tab, "document.getElementById('glossary').textContent.includes('yangnyeom chicken')")
+    assert_glyphs_render(tab, "#slot-subject", "양념치킨")  # Hangul shows as letters, not boxes
+    assert_glyphs_render(tab, "#glossary", "양념치킨")
     checked.shot(tab, "editor-hangul")
     _blur_and_wait_saved(tab, "slot-objective")
     checked.allow.add(409)  # the conflict below is the point: its 409 is shown as a dialog, not a fault
@@ -299,10 +315,28 @@ def test_whole_flow_upload_fix_train_and_enhance_with_the_toy_model(tmp_path, ch
     live = LiveServer(create_app(settings, store=store))
     live.data = data
     tab = checked.page()
+    uncaptioned = tmp_path / "phone"  # the photos alone, as they come off a phone: no caption files
+    uncaptioned.mkdir()
+    for jpg in sorted(photos.glob("*.jpg")):
+        shutil.copyfile(jpg, uncaptioned / jpg.name)
+    _tiny_tagger(data, [("food", 0), ("bowl", 0)], bias=[2.0, -2.0])  # tags every photo "food", never "bowl"
     try:
-        _upload_photos(live, tab, photos)
+        _upload_photos(live, tab, uncaptioned)
         tab.goto(live.url + "/studio/datasets/kfood")
         wait(tab, "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        end = time.time() + 300
+        while not any(w["state"] in ("ready", "busy") for w in store.live_workers(15)):  # the toy model loads
+            assert time.time() < end, store.live_workers(1e9)
+            time.sleep(0.5)
+        tab.click("#caption-job summary")  # caption from pixels with a backend, as a job
+        tab.select_option("#cj-backend", "tagger")
+        tab.fill("#cj-model", "wd-tiny")
+        click(tab, "[data-action=caption-run]")
+        wait(tab, "document.getElementById('cj-status').dataset.status === 'succeeded'", timeout=180)
+        images = data / "studio" / "datasets" / "kfood" / "dataset" / "images"
+        captions = [p.with_suffix(".txt").read_text(encoding="utf-8") for p in sorted(images.glob("*.jpg"))]
+        assert len(captions) >= 10 and all("food" in c and "bowl" not in c and "black" not in c for c in captions)
+        tab.goto(live.url + "/studio/datasets/kfood")
         first = tab.evaluate("document.querySelector('li.cell').dataset.id")
         sidecar = data / "studio" / "datasets" / "kfood" / "dataset" / "images" / f"{first}.txt"
         original = sidecar.read_text(encoding="utf-8")
@@ -323,6 +357,10 @@ def test_whole_flow_upload_fix_train_and_enhance_with_the_toy_model(tmp_path, ch
         wait(tab, "document.querySelector('tr[data-attr=\"black background\"] td:nth-child(3)') !== null && "
                  "document.querySelector('tr[data-attr=\"black background\"] td:nth-child(3)').textContent.trim() === '100 %'",
                  timeout=120)
+        from lorastudio.serving.routes.admin import list_jobs
+
+        audits = list_jobs(store, None, None, "audit", 10)  # the audit and the re-audit after the fix ran on the worker
+        assert len(audits) == 2 and all(j.status == "succeeded" for j in audits)
         tab.goto(live.url + "/studio/runs/new?dataset=kfood")
         tab.evaluate("(() => { const s = document.getElementById('t-preset'); s.value = 'toy';"
                  " s.dispatchEvent(new Event('change')); })()")
@@ -331,10 +369,6 @@ def test_whole_flow_upload_fix_train_and_enhance_with_the_toy_model(tmp_path, ch
             tab.evaluate("document.getElementById('t-override').focus()")
             tab.keyboard.insert_text("toy run: the remaining findings are expected")
         checked.shot(tab, "train-form")
-        end = time.time() + 300
-        while not any(w["state"] in ("ready", "busy") for w in store.live_workers(15)):  # the toy model loads
-            assert time.time() < end, store.live_workers(1e9)
-            time.sleep(0.5)
         click(tab, "#t-submit")
         wait(tab, "location.pathname.startsWith('/studio/jobs/')", timeout=120)
         wait(tab, "Number(document.getElementById('loss-line').dataset.points || 0) >= 2", timeout=300)
@@ -343,6 +377,8 @@ def test_whole_flow_upload_fix_train_and_enhance_with_the_toy_model(tmp_path, ch
         wait(tab, f"Number(document.getElementById('loss-line').dataset.points || 0) >= {seen}", timeout=120)
         wait(tab, "document.getElementById('job-status').textContent === 'completed'", timeout=600)
         assert int(tab.evaluate("document.getElementById('loss-line').dataset.points")) == 20  # toy preset: 20 steps, each logged
+        wait(tab, "document.getElementById('val-line').dataset.points === '3'")  # validation at steps 0, 10 and 20
+        assert "(4 training images, fixed noise)" in tab.text_content("#live-val")
         checked.shot(tab, "run")
         tab.goto(live.url + "/studio/enhance")
         tab.set_input_files("#e-image", str(sorted(photos.glob("*.jpg"))[1]))
@@ -456,6 +492,35 @@ def test_training_form_yaml_typo_blocks_submit_and_the_yaml_itself_submits(fake_
     checked.assert_clean()
 
 
+def test_training_form_family_fields_are_labelled_and_submit_with_the_form(fake_live, tab, checked):
+    """§5.2 P5: the served family's config fields are on the form, labelled, and what the user sets
+    in them is what the job trains with."""
+    from lorastudio.serving.routes.admin import list_jobs
+
+    live = fake_live
+    synthetic_dataset(live.data, "small", 6)
+    tab.goto(live.url + "/studio/runs/new?dataset=small")
+    legend = tab.evaluate("document.querySelector('#family-options legend').textContent")
+    assert legend == "sd15 settings"
+    unlabelled = tab.evaluate("Array.from(document.querySelectorAll('[data-option]'))"
+                              ".filter(el => !el.labels.length || !el.getAttribute('aria-describedby')).length")
+    assert unlabelled == 0
+    tab.evaluate("document.getElementById('t-override').focus()")
+    tab.keyboard.insert_text("reviewed by hand")
+    tab.fill("#t-lora_id", "small-opts")
+    tab.fill("#o-train-min_snr_gamma", "5")
+    tab.select_option("#o-network-targets", "attn_ff")
+    tab.check("#o-data-flip")
+    checked.shot(tab, "family-fields")
+    click(tab, "#t-submit")
+    wait(tab, "location.pathname.startsWith('/studio/jobs/')", timeout=60)
+    params = list_jobs(live.store, None, None, "train", 1)[0].params
+    assert params["lora_id"] == "small-opts"
+    assert params["options"] == {"train": {"min_snr_gamma": 5.0, "noise_offset": 0.0}, "network": {"targets": "attn_ff"},
+                                 "data": {"flip": True}}
+    checked.assert_clean()
+
+
 def test_jobs_page_pauses_and_resumes_the_queue(fake_live, tab, checked):
     from lorastudio.serving.routes.admin import queue_paused
 
@@ -524,16 +589,54 @@ def test_run_page_shows_lr_eta_and_samples_from_the_event_stream(live, tab, chec
     checked.assert_clean()
 
 
+def test_reloading_mid_run_restores_the_curve_and_keeps_streaming_while_the_job_runs(live, tab, checked):
+    """§5.4 P6.2: a reload while the job is running restores every step so far, the job still
+    reads running, and the steps that arrive afterwards extend the curve with no gap and no repeat."""
+    job, _ = live.store.submit("train", "local", {"run_id": "cd" * 16, "steps": 10, "lora_id": "x"})
+    assert live.store.claim("w-test", 600, kinds=("train",)).id == job.id
+    emit = lambda step: live.store.add_event(job.id, "step", {"step": step, "loss": 1.0 / step, "n": 10,  # noqa: E731
+                                                              "lr": 1e-3, "s_per_step": 0.5})
+    check = lambda step, val, leak: (  # noqa: E731 - the worker's validation / leak events (runners._report_checks)
+        live.store.add_event(job.id, "validation", {"step": step, "val_loss": val, "val_split": "held-out", "val_images": 2}),
+        live.store.add_event(job.id, "leak", {"step": step, "leak": {"black_background": leak, "sesame": 0.0},
+                                              "leak_images": 2}))
+    for step in range(1, 5):
+        emit(step)
+    tab.goto(f"{live.url}/studio/jobs/{job.id}")
+    wait(tab, "document.getElementById('loss-line').dataset.points === '4'")
+    assert tab.is_visible("#no-leak") and not tab.is_visible("#leak-table")
+    emit(5)
+    check(5, 0.2, 0.5)
+    wait(tab, "document.getElementById('loss-line').dataset.points === '5' && "
+              "document.getElementById('val-line').dataset.points === '1'")
+    assert tab.text_content("#live-val") == "0.2000 at step 5 (2 held-out images)"
+    leak = tab.evaluate("Array.from(document.querySelectorAll('#leak-table tbody tr')).map(r => [r.dataset.attr, r.className,"
+                        " Array.from(r.cells).map(c => c.textContent)])")
+    assert leak == [["black_background", "leaking", ["black background", "+50 %", "5"]], ["sesame", "", ["sesame", "0 %", "5"]]]
+    tab.reload()
+    wait(tab, "document.getElementById('loss-line').dataset.points === '5' && "
+              "document.getElementById('val-line').dataset.points === '1' && "
+              "document.querySelectorAll('#leak-table tbody tr').length === 2")
+    assert live.store.get(job.id).status == "running"
+    assert tab.text_content("#job-status") == "running"
+    for step in range(6, 11):
+        emit(step)
+    check(10, 0.15, 0.0)
+    wait(tab, "document.getElementById('loss-line').dataset.points === '10' && "
+              "document.getElementById('val-line').dataset.points === '2'")
+    assert tab.text_content("#leak-table tbody tr[data-attr=black_background] td:nth-child(2)") == "0 %"
+    val_ys = [float(p.split(",")[1]) for p in tab.get_attribute("#val-line", "points").split()]
+    assert val_ys[1] > val_ys[0]  # a lower validation loss is drawn lower (larger y)
+    xs = [float(p.split(",")[0]) for p in tab.get_attribute("#loss-line", "points").split()]
+    assert len(xs) == 10 and all(a < b for a, b in zip(xs, xs[1:]))  # one point per step, in order
+    shown = tab.evaluate("Array.from(document.querySelectorAll('#events li[data-event]')).map(li => li.dataset.event)")
+    assert len(shown) == len(set(shown)) == 2 + 10 + 4  # queued, started, ten steps, two checks; none twice
+    checked.shot(tab, "run-reloaded")
+    checked.assert_clean()
+
+
 def test_gallery_runs_a_captioning_backend_as_a_job(fake_live, tab, checked, photos):
-    import sys
-
-    import numpy as np
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "captions" / "backends"))
-    import tiny_caption_models as tiny
-
-    tiny.build_tagger(fake_live.data / "models" / "captioners" / "wd-tiny", [("black_background", 0), ("food", 0)],
-                      np.zeros((3, 2)), np.array([2.0, 0.0]))
+    _tiny_tagger(fake_live.data, [("black_background", 0), ("food", 0)], bias=[2.0, 0.0])
     _upload_photos(fake_live, tab, photos)
     tab.goto(fake_live.url + "/studio/datasets/kfood")
     tab.click("#caption-job summary")

@@ -712,21 +712,43 @@ def test_server_refuses_an_override_reason_under_10_characters(studio_factory):
         assert not (passed.status_code == 409 and passed.json()["code"] == "audit_gate"), passed.text
 
 
-def test_preset_submit_resolves_to_init_config_plus_the_same_overrides(studio_factory, photos, monkeypatch, tmp_path):
-    """§5.4 P5.1: the train.yaml the worker writes for a preset, read through the typed config, equals
-    `lorastudio init-config` with the preset's fields and the server's own keys laid over it."""
+def _train_yaml_written(svc, params: dict, model: str, monkeypatch) -> dict:  # noqa: ANN001
+    """The train.yaml the worker writes for a studio training job (prepare and caption pass, the
+    trainer itself is not started)."""
     import logging
     from types import SimpleNamespace
 
+    import yaml
+
+    from lorastudio.serving import runners
+    from lorastudio.serving.trace import Trace
+
+    class _Stop(Exception):
+        pass
+
+    def fake_cli(runner, job, args, cwd, log_path):  # noqa: ANN001 - prepare/caption succeed, train stops here
+        if args[0] == "train":
+            raise _Stop(args[1])
+        return 0
+
+    monkeypatch.setattr(runners, "_cli", fake_cli)
+    runner = SimpleNamespace(data=svc.data, store=svc.store, args=SimpleNamespace(family="sd15", model=model))
+    with pytest.raises(_Stop) as stopped:
+        runners.run_training(runner, SimpleNamespace(params=params, id="job", attempts=1, key_id="local"),
+                             Trace("job", logging.getLogger("test")))
+    return yaml.safe_load(Path(str(stopped.value)).read_text(encoding="utf-8"))
+
+
+def test_preset_submit_resolves_to_init_config_plus_the_same_overrides(studio_factory, photos, monkeypatch, tmp_path):
+    """§5.4 P5.1: the train.yaml the worker writes for a preset, read through the typed config, equals
+    `lorastudio init-config` with the preset's fields and the server's own keys laid over it."""
     import yaml
     from click.testing import CliRunner
 
     from lorastudio.cli.main import cli
     from lorastudio.config.loader import deep_merge
     from lorastudio.config.train import TrainConfig
-    from lorastudio.serving import runners
-    from lorastudio.serving.trace import Trace
-    from lorastudio.studio.pages import CONFIG_KEYS, PRESETS
+    from lorastudio.studio.trainform import CONFIG_KEYS, PRESETS
     from lorastudio.toyworld.pretrain import shipped_base_dir
 
     with studio_factory(workers=1, fake_step_s=0.01) as svc:
@@ -743,21 +765,8 @@ def test_preset_submit_resolves_to_init_config_plus_the_same_overrides(studio_fa
         assert job.status_code == 202, job.text
         params = svc.store.get(job.json()["id"]).params
 
-    class _Stop(Exception):
-        pass
-
-    def fake_cli(runner, job, args, cwd, log_path):  # noqa: ANN001 - prepare/caption succeed, train stops here
-        if args[0] == "train":
-            raise _Stop(args[1])
-        return 0
-
-    monkeypatch.setattr(runners, "_cli", fake_cli)
     model = str(shipped_base_dir())
-    runner = SimpleNamespace(data=svc.data, store=svc.store, args=SimpleNamespace(family="sd15", model=model))
-    with pytest.raises(_Stop) as stopped:
-        runners.run_training(runner, SimpleNamespace(params=params, id="job", attempts=1, key_id="local"),
-                             Trace("job", logging.getLogger("test")))
-    written = yaml.safe_load(Path(str(stopped.value)).read_text(encoding="utf-8"))
+    written = _train_yaml_written(svc, params, model, monkeypatch)
     printed = CliRunner().invoke(cli, ["init-config", "--family", "sd15"])
     assert printed.exit_code == 0, printed.output
     root = svc.data / "datasets" / params["run_id"]
@@ -767,7 +776,8 @@ def test_preset_submit_resolves_to_init_config_plus_the_same_overrides(studio_fa
     server = {"model": {"path": model}, "data": {"datasets": [str(root / "dataset")]}, "output_dir": str(root / "run"),
               "network": {"alpha": float(preset["rank"])}, "train": {"cache": "memory"},
               "sample": {"at_start": False, "prompts": []}, "save": {"keep_last": 2},
-              "logging": {"every_n_steps": 1, "tensorboard": False}}
+              "logging": {"every_n_steps": 1, "tensorboard": False},
+              "validation": {"every_n_steps": preset["checkpoint_every"]}}
     expected = deep_merge(deep_merge(yaml.safe_load(printed.stdout), form), server)
     assert TrainConfig.model_validate(written).model_dump() == TrainConfig.model_validate(expected).model_dump()
     assert written["train"]["max_steps"] == preset["steps"] and written["network"]["rank"] == preset["rank"]
@@ -844,7 +854,7 @@ def test_the_event_stream_resumes_after_last_event_id(studio_factory):
 
 
 def test_training_presets_follow_the_served_family(studio_factory, photos):
-    from lorastudio.studio.pages import PRESET_FAMILIES, PRESETS
+    from lorastudio.studio.trainform import PRESET_FAMILIES, PRESETS
 
     assert set(PRESET_FAMILIES) == set(PRESETS)
     with studio_factory(workers=0) as svc:
@@ -857,3 +867,122 @@ def test_training_presets_follow_the_served_family(studio_factory, photos):
         assert 'value="sdxl_style"' in page and 'value="sd15_style"' not in page and 'value="toy"' not in page
         svc.app.state.settings.family = "flux"
         assert 'value="flux_style"' in svc.client.get("/studio/runs/new").text
+
+
+def test_training_form_family_fields_come_from_the_config_schema(studio_factory, photos):
+    """§5.2 P5: each served family gets its own fields, with init-config's descriptions and the
+    defaults a studio run uses."""
+    from markupsafe import escape
+
+    from lorastudio.config.flux import FluxSection
+    from lorastudio.config.train import TrainSection
+    from lorastudio.studio.trainform import FAMILY_OPTIONS
+
+    with studio_factory(workers=0) as svc:
+        svc.refresh_csrf()
+        svc.upload(photos)
+        sd = svc.client.get("/studio/runs/new").text
+        for key in FAMILY_OPTIONS["sd15"]:
+            assert f'data-option="{key}"' in sd
+        assert 'data-option="flux.guidance"' not in sd
+        assert escape(TrainSection.model_fields["min_snr_gamma"].description) in sd
+        assert re.search(r'data-option="network.targets"[^>]*>\s*<option selected>attn</option><option>attn_ff</option>', sd)
+        svc.app.state.settings.family = "flux"
+        flux = svc.client.get("/studio/runs/new").text
+        for key in FAMILY_OPTIONS["flux"]:
+            assert f'data-option="{key}"' in flux
+        assert 'data-option="train.min_snr_gamma"' not in flux  # a DDPM weighting: refused for Flux
+        assert escape(FluxSection.model_fields["sigma_sampling"].description) in flux
+        assert re.search(r'data-option="flux.sigma_sampling"[^>]*>\s*<option selected>flux_shift</option>', flux)
+        t5 = re.search(r'<input id="o-flux-t5_max_length"[^>]*>', flux).group(0)
+        assert 'value=""' in t5 and 'min="8"' in t5 and 'max="512"' in t5 and 'data-nullable="yes"' in t5
+
+
+def test_family_fields_reach_train_yaml_and_a_bad_one_names_its_key(studio_factory, photos, monkeypatch):
+    from lorastudio.config.train import TrainConfig
+
+    body = {"lora_id": "kfood-opts", "steps": 3, "rank": 4, "resolution": 64,
+            "override_reason": "reviewed by the lead, errors are known"}
+    with studio_factory(workers=1, fake_step_s=0.01) as svc:
+        svc.refresh_csrf()
+        svc.upload(photos)
+        post = lambda extra: svc.client.post("/v1/datasets/kfood/trainings", json={**body, **extra}, headers=svc.h())  # noqa: E731
+        typo = post({"options": {"train.min_snr": 5.0}})
+        assert typo.status_code == 422 and "did you mean 'train.min_snr_gamma'" in typo.json()["detail"]
+        bad = post({"options": {"train.noise_offset": -1}})
+        assert bad.status_code == 422 and "train.noise_offset" in bad.json()["detail"]
+        svc.app.state.settings.family = "flux"
+        wrong = post({"options": {"train.min_snr_gamma": 5.0}})
+        assert wrong.status_code == 422 and "not a field of the training form" in wrong.json()["detail"]
+        svc.app.state.settings.family = "sd15"
+        options = {"train.min_snr_gamma": 5.0, "train.noise_offset": 0.05, "network.targets": "attn_ff", "data.flip": True}
+        for _ in range(100):
+            job = post({"options": options})
+            if job.status_code != 503:
+                break
+            time.sleep(0.1)
+        assert job.status_code == 202, job.text
+        params = svc.store.get(job.json()["id"]).params
+    assert params["options"] == {"train": {"min_snr_gamma": 5.0, "noise_offset": 0.05}, "network": {"targets": "attn_ff"},
+                                 "data": {"flip": True}}
+
+    cfg = TrainConfig.model_validate(_train_yaml_written(svc, params, "base", monkeypatch))
+    assert (cfg.train.min_snr_gamma, cfg.train.noise_offset, cfg.network.targets, cfg.data.flip) == (5.0, 0.05, "attn_ff", True)
+    assert cfg.train.max_steps == 3 and cfg.network.rank == 4  # the base fields are still the form's
+
+
+def test_validation_and_leak_rows_become_events_once_and_not_again_after_a_resume(tmp_path):
+    """The worker turns the trainer's check rows in metrics.jsonl into `validation` / `leak`
+    events for the Run page: each row once, a half-written line skipped, and after a resume the
+    rows an earlier attempt reported are not sent again."""
+    import json
+    from types import SimpleNamespace
+
+    from lorastudio.serving.runners import CHECK_ROWS, _logged_steps, _report_checks
+    from lorastudio.serving.store import JobStore
+
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    job, _ = store.submit("train", "local", {"steps": 20})
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss": 0.4}, {"step": 0, "val_loss": 0.31, "val_split": "training", "val_images": 4},
+            {"step": 10, "loss": 0.3}, {"step": 10, "val_loss": 0.25, "val_split": "training", "val_images": 4},
+            {"step": 10, "leak": {"black_background": 0.5}, "leak_images": 2}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 20, "val_lo', encoding="utf-8")
+    runner = SimpleNamespace(store=store)
+    fresh = {kind: -1 for kind in CHECK_ROWS}
+    reported = _report_checks(runner, job, metrics, fresh)
+    assert _report_checks(runner, job, metrics, reported) == reported == {"validation": 10, "leak": 10}
+    sent = [(kind, data) for _, kind, data in store.events_after(job.id, 0) if kind in CHECK_ROWS]
+    assert sent == [("validation", rows[1]), ("validation", rows[3]), ("leak", rows[4])]
+    resumed = {kind: _logged_steps(metrics, key, none=-1) for kind, key in CHECK_ROWS.items()}  # what a resume starts from
+    assert _report_checks(runner, job, metrics, resumed) == resumed
+    assert len([k for _, k, _ in store.events_after(job.id, 0) if k in CHECK_ROWS]) == 3
+    store.close()
+
+
+def test_a_background_audit_runs_as_a_job_on_an_idle_worker_and_in_the_request_without_one(studio_factory, photos):
+    from lorastudio.studio import datasets as ds
+
+    with studio_factory(workers=0) as svc:  # no worker: the audit runs in the request after all
+        svc.refresh_csrf()
+        svc.upload(photos)
+        now = svc.client.post("/v1/datasets/kfood/audits?background=true", headers=svc.h())
+        assert now.status_code == 201 and now.json()["audit_id"]
+    with studio_factory(workers=1, fake_step_s=0.01) as svc:
+        svc.refresh_csrf()
+        svc.upload(photos)
+        for _ in range(200):
+            queued = svc.client.post("/v1/datasets/kfood/audits?background=true", headers=svc.h())
+            if queued.status_code == 202:
+                break
+            time.sleep(0.1)  # the fake worker is still starting: audited in the request meanwhile
+        assert queued.status_code == 202 and queued.json()["kind"] == "audit", queued.text
+        view = svc.wait_status(queued.json()["id"])
+        assert view["status"] == "succeeded", view
+        latest = svc.client.get("/v1/datasets/kfood/audits/latest").json()
+        assert view["result"]["audit_id"] == latest["audit_id"] and view["result"]["counts"] == latest["counts"]
+        home = ds.dataset_home(svc.data, "kfood")
+        assert ds.audits(home)[0] == latest["audit_id"]  # stored like any audit: the history page lists it
+        assert "audit" in svc.client.get("/studio/jobs?kind=audit").text
+        stray = svc.client.post("/v1/datasets/no-such/audits?background=true", headers=svc.h())
+        assert stray.status_code == 404

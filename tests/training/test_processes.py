@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from train_helpers import adapter_tensors, base_config, run_cli, write_config
+from train_helpers import adapter_tensors, base_config, read_metrics, run_cli, write_config
 
 from lorastudio.training.checkpoint import list_checkpoints, verify
 
@@ -59,7 +59,8 @@ def test_interrupts_save_a_checkpoint_and_exit_with_signal_codes(tmp_path, datas
 
 
 def test_two_process_ddp_matches_single_process(tmp_path, dataset_dir, tiny_sd15_dir):
-    common = {"train": {"max_steps": 3}, "save": {"every_n_steps": None}}
+    # Validation on: only the main process measures, and the other must not fall out of step.
+    common = {"train": {"max_steps": 3}, "save": {"every_n_steps": None}, "validation": {"every_n_steps": 2, "images": 2}}
     single = base_config(tiny_sd15_dir, dataset_dir, tmp_path / "single", tmp_path / "cache", **common)
     assert run_cli(["train", str(write_config(tmp_path / "single.yaml", single)), "--no-progress"]).exit_code == 0
 
@@ -78,3 +79,9 @@ def test_two_process_ddp_matches_single_process(tmp_path, dataset_dir, tiny_sd15
     assert learned > 1e-3
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=learned * 1e-2)
+    val_a = [r for r in read_metrics(tmp_path / "single") if "val_loss" in r]
+    val_b = [r for r in read_metrics(tmp_path / "ddp") if "val_loss" in r]
+    assert [r["step"] for r in val_a] == [r["step"] for r in val_b] == [0, 2, 3]
+    assert val_a[0]["val_loss"] == val_b[0]["val_loss"]  # the same images, noise and (untrained) model
+    for ra, rb in zip(val_a, val_b, strict=True):
+        assert abs(ra["val_loss"] - rb["val_loss"]) <= 1e-4 * ra["val_loss"]

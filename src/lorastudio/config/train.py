@@ -179,6 +179,30 @@ class LoggingSection(Schema):
     tensorboard: bool = Field(True, description="Also write TensorBoard events when tensorboard is installed.")
 
 
+class ValidationSection(Schema):
+    every_n_steps: int | None = Field(
+        None, ge=1, description="Measure the validation loss every N steps, at step 0 and at the last step (null = off). "
+        "Each image gets the same noise and timestep every time, so the curve moves only when the model does."
+    )
+    holdout: int = Field(
+        0, ge=0, description="Images held out of training for the validation loss (chosen from the datasets by train.seed; "
+        "never trained on). 0 = measure on `images` training images instead (a fit figure, not a generalisation one)."
+    )
+    images: int = Field(4, ge=1, description="With holdout 0: how many training images the validation loss is measured on.")
+    leak: bool = Field(
+        True, description="When samples render, measure how much more often the dataset's confounders (e.g. an uncaptioned "
+        "black background) appear than in the step-0 (base model) samples of the same prompts. Renders step-0 samples "
+        "when sample.every_n_steps is set. An early warning from the sample prompts; `lorastudio evaluate` gives the final figure."
+    )
+
+    @model_validator(mode="after")
+    def _holdout_measured(self) -> ValidationSection:
+        if self.holdout and self.every_n_steps is None:
+            raise ValueError(f"validation.holdout={self.holdout} takes images out of training for a validation loss that is off; "
+                             "set validation.every_n_steps too (or holdout: 0)")
+        return self
+
+
 class TrainConfig(Schema):
     """The whole `lorastudio train` config."""
 
@@ -190,6 +214,7 @@ class TrainConfig(Schema):
     save: SaveSection = Field(default_factory=SaveSection, description="Checkpoints and exports.")
     output_dir: Path = Field(Path("runs/lora"), description="Run dir: config, metrics, samples, checkpoints and final/.")
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Metrics logging.")
+    validation: ValidationSection = Field(default_factory=ValidationSection, description="Validation loss and sample-time leak, logged to metrics.jsonl.")
     ti: TISection = Field(default_factory=TISection, description="Methods ti and pivotal: the trigger to learn, its vectors and the pivot.")
     dreambooth: DreamBoothSection = Field(default_factory=DreamBoothSection, description="Method dreambooth: text encoder, class images, exports.")
 
@@ -237,6 +262,8 @@ RESUME_SAFE_KEYS = (
     "sample",
     "save",
     "logging",
+    # validation.holdout changes which images train, so it changes the dataset fingerprint.
+    "validation",
     "output_dir",
     "train.cache",
     "train.cache_dir",

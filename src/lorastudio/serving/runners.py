@@ -22,6 +22,7 @@ from typing import Any
 from lorastudio.serving.files import content_path, read_content, store_bytes
 from lorastudio.serving.served import served_model
 from lorastudio.serving.trace import SAMPLE_ASKED, JobCanceled, JobFailed, Trace
+from lorastudio.studio import trainform
 from lorastudio.training.signals import SAMPLE_SIGNAL
 
 
@@ -120,6 +121,10 @@ class FakeRunner:
             from lorastudio.studio.captioning import run_captioning
 
             return run_captioning(self, job, trace)
+        if job.kind == "audit":  # and so does the audit: pixel detectors and text rules
+            from lorastudio.studio.datasets import run_audit_job
+
+            return run_audit_job(self.data, self.args.model, job, trace)
         if job.kind == "evaluate":  # so does evaluate: the run's own config names the base model
             from lorastudio.studio.evaluating import run_evaluation
 
@@ -201,6 +206,10 @@ class PipelineRunner:
             from lorastudio.studio.captioning import run_captioning
 
             return run_captioning(self, job, trace)
+        if job.kind == "audit":  # in this process: it needs no model either
+            from lorastudio.studio.datasets import run_audit_job
+
+            return run_audit_job(self.data, self.args.model, job, trace)
         if job.kind == "evaluate":  # a child process too: `lorastudio evaluate` on the run folder
             from lorastudio.studio.evaluating import run_evaluation
 
@@ -397,6 +406,7 @@ def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path:
     """Run a lorastudio command as a child, forwarding cancel as Ctrl-C and progress as events."""
     metrics = cwd / "run" / "metrics.jsonl"
     done = _logged_steps(metrics)  # a resumed run: steps an earlier attempt or job already reported
+    reported = {kind: _logged_steps(metrics, key, none=-1) for kind, key in CHECK_ROWS.items()}  # a check may run at step 0
     seen = max((i for i, _, _ in runner.store.events_after(job.id, 0)), default=0)  # older asks are not replayed
     started_at, asked = done, False
     proc = _child([sys.executable, "-m", "lorastudio", *args], cwd, log_path)
@@ -421,15 +431,23 @@ def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path:
                                                         "n": job.params["steps"], "lr": row.get("lr"),
                                                         "s_per_step": row.get("s_per_step")})
                 done = row["step"]
+        reported = _report_checks(runner, job, metrics, reported)
         announced = _announce_samples(runner, job, cwd / "run" / "samples", announced)
     _announce_samples(runner, job, cwd / "run" / "samples", announced)  # the last ones, written just before exit
+    _report_checks(runner, job, metrics, reported)
     if interrupted:
         raise JobCanceled()
     return proc.returncode
 
 
-def _metric_rows(metrics: Path) -> list[dict]:
-    """The trainer's per-step rows (step and loss) from metrics.jsonl; a half-written last line is skipped."""
+# The trainer's check rows in metrics.jsonl (training/validation.py), by the event each becomes:
+# the validation loss on fixed noise, and the confounder leak measured in the sample images.
+CHECK_ROWS = {"validation": "val_loss", "leak": "leak"}
+
+
+def _metric_rows(metrics: Path, key: str = "loss") -> list[dict]:
+    """The trainer's rows that carry `key` (per-step rows carry "loss") from metrics.jsonl; a
+    half-written last line is skipped."""
     if not metrics.is_file():
         return []
     rows = []
@@ -438,14 +456,25 @@ def _metric_rows(metrics: Path) -> list[dict]:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and "loss" in row:
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and key in row:
             rows.append(row)
     return rows
 
 
-def _logged_steps(metrics: Path) -> int:
-    """The last step metrics.jsonl already holds (0 for a fresh run)."""
-    return max((row["step"] for row in _metric_rows(metrics)), default=0)
+def _logged_steps(metrics: Path, key: str = "loss", none: int = 0) -> int:
+    """The last step metrics.jsonl already holds a `key` row for (`none` for a fresh run)."""
+    return max((row["step"] for row in _metric_rows(metrics, key)), default=none)
+
+
+def _report_checks(runner: PipelineRunner, job: Any, metrics: Path, reported: dict[str, int]) -> dict[str, int]:
+    """A `validation` / `leak` event for each new check row, once (a resume re-logs none twice)."""
+    out = dict(reported)
+    for kind, key in CHECK_ROWS.items():
+        for row in _metric_rows(metrics, key):
+            if row["step"] > out[kind]:
+                runner.store.add_event(job.id, kind, {k: v for k, v in row.items() if k != "loss"})
+                out[kind] = row["step"]
+    return out
 
 
 def _announce_samples(runner: PipelineRunner, job: Any, samples: Path, announced: set[str]) -> set[str]:
@@ -490,19 +519,7 @@ def run_training(runner: PipelineRunner, job: Any, trace: Trace) -> dict:
         with trace.span(name):
             if _cli(runner, job, argv, root, log_path) != 0:
                 raise JobFailed("train_failed", f"the {name} stage failed (see the run's train.log)")
-    config = {
-        "model": {"family": runner.args.family, "path": str(runner.args.model)},
-        "data": {"datasets": [str(dataset)]},
-        "network": {"rank": params["rank"], "alpha": float(params["rank"]), "targets": "attn"},
-        "train": {"max_steps": params["steps"], "batch_size": 1, "lr": params["learning_rate"], "seed": 0,
-                  "cache": "memory", "scheduler": "constant"},
-        "sample": {"at_start": False, "prompts": []},
-        "save": {"every_n_steps": params["checkpoint_every"], "keep_last": 2},
-        "output_dir": str(root / "run"),
-        "logging": {"every_n_steps": 1, "tensorboard": False},
-    }
-    for section, values in (params.get("config") or {}).items():  # the studio's YAML tab (vetted by routes/runs.py)
-        config[section] = {**config.get(section, {}), **values}
+    config = trainform.run_config(runner.args.family, str(runner.args.model), str(dataset), str(root / "run"), params)
     (root / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     with trace.span("train", attempt=job.attempts):
         try:

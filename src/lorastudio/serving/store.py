@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
 STATES = ("queued", "running", *TERMINAL)
-KINDS = ("generate", "enhance", "train", "caption", "evaluate")
+KINDS = ("generate", "enhance", "train", "caption", "evaluate", "audit")
 SCOPES = ("generate", "train", "admin")
 KEY_PREFIX = "lsk_"
 

@@ -408,6 +408,22 @@ def audit(home: Path, *, tokenizer_dir: str | None) -> dict[str, Any]:
     return body
 
 
+def tokenizer_source(model: str | None) -> str:
+    """What the audit counts tokens with: the served base model's folder, else the shipped toy base."""
+    if model and Path(model).is_dir():
+        return str(model)
+    return str(Path(__file__).resolve().parents[1] / "toyworld" / "base")
+
+
+def run_audit_job(data_dir: Path, model: str | None, job: Any, trace: Any) -> dict[str, Any]:
+    """The worker side of an `audit` job: the same audit the API route runs, off the API process."""
+    home = dataset_home(data_dir, str(job.params.get("dataset", "")))
+    with trace.span("audit"):
+        body = audit(home, tokenizer_dir=tokenizer_source(model))
+    trace.add("audited", audit_id=body["audit_id"], **body["counts"])
+    return {"audit_id": body["audit_id"], "counts": body["counts"], "images": []}
+
+
 def audits(home: Path) -> list[str]:
     """Audit ids, newest first."""
     out = home / "audits"

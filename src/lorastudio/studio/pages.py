@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lorastudio.serving.http import ApiError, Caller
 from lorastudio.studio import datasets as ds
+from lorastudio.studio import trainform
 from lorastudio.studio.security import COOKIE, LOCAL_KEY, SESSION_S
 
 HERE = Path(__file__).parent
@@ -464,40 +465,6 @@ async def compare_page(request: Request):
                   default_steps=served_defaults(request.app.state.settings).steps)
 
 
-# Each form field is the typed training config key it becomes on the worker (runners.run_training).
-CONFIG_KEYS = {"steps": ("train", "max_steps"), "rank": ("network", "rank"), "learning_rate": ("train", "lr"),
-               "checkpoint_every": ("save", "every_n_steps")}
-
-
-def config_descriptions() -> dict[str, str]:
-    """The same descriptions `init-config` prints, taken from the typed training config."""
-    from lorastudio.config.train import TrainConfig
-
-    sections = TrainConfig.model_fields
-    out = {}
-    for name, (section, key) in CONFIG_KEYS.items():
-        model = sections[section].annotation
-        out[name] = model.model_fields[key].description or ""
-    return out
-
-
-PRESETS = {
-    "toy": {"label": "Toy model, quick check (CPU)", "steps": 20, "rank": 4, "learning_rate": 0.001, "resolution": 64,
-            "checkpoint_every": 10},
-    "sd15_style": {"label": "SD 1.5 style LoRA, 512 px", "steps": 1500, "rank": 16, "learning_rate": 0.0001,
-                   "resolution": 512, "checkpoint_every": 250},
-    "food_style": {"label": "Food-style recipe (SD 1.5, rank 32)", "steps": 2000, "rank": 32, "learning_rate": 0.0001,
-                   "resolution": 512, "checkpoint_every": 250},
-    "sdxl_style": {"label": "SDXL style LoRA, 1024 px", "steps": 1500, "rank": 16, "learning_rate": 0.0001,
-                   "resolution": 1024, "checkpoint_every": 250},
-    "flux_style": {"label": "FLUX.1 style LoRA, 1024 px (rank 16)", "steps": 1500, "rank": 16, "learning_rate": 0.0001,
-                   "resolution": 1024, "checkpoint_every": 250},
-}
-# Which presets fit which served family (the server trains only the family it serves).
-PRESET_FAMILIES = {"toy": ("sd15",), "sd15_style": ("sd15", "sd2"), "food_style": ("sd15", "sd2"),
-                   "sdxl_style": ("sdxl",), "flux_style": ("flux",)}
-
-
 @router.get("/studio/runs/new")
 async def training_form(request: Request, dataset: str = ""):
     """P5: presets, fields generated from the request schema, the audit gate, a steps/epochs calculator."""
@@ -514,15 +481,15 @@ async def training_form(request: Request, dataset: str = ""):
         gate = await run_in_threadpool(audit_gate, folder)
         images = sum(1 for r in await run_in_threadpool(ds.records, folder) if "rejected" not in r.get("flags", []))
     schema = StudioTraining.model_json_schema()["properties"]
-    described = config_descriptions()
+    described = trainform.config_descriptions()
     fields = [{"name": name, "type": spec.get("type", "string"), "default": spec.get("default", ""),
                "min": spec.get("minimum", spec.get("exclusiveMinimum")), "max": spec.get("maximum"),
                "description": described.get(name) or spec.get("description", ""), "pattern": spec.get("pattern")}
-              for name, spec in schema.items() if name not in ("override_reason", "priority", "config_yaml")]
+              for name, spec in schema.items() if name not in ("override_reason", "priority", "config_yaml", "options")]
     family = request.app.state.settings.family
-    presets = {k: v for k, v in PRESETS.items() if family in PRESET_FAMILIES[k]}
+    presets = {k: v for k, v in trainform.PRESETS.items() if family in trainform.PRESET_FAMILIES[k]}
     return render("train.html", ctx, title="New training run", datasets=ids, dataset=chosen, gate=gate,
-                  images=images, fields=fields, presets=presets, family=family)
+                  images=images, fields=fields, options=trainform.option_fields(family), presets=presets, family=family)
 
 
 def install(app: Any) -> None:

@@ -27,7 +27,8 @@ def peak_gpu_mb() -> float | None:
 
 
 class MetricsLogger:
-    """Appends one JSON row per logging interval; mirrors scalars to TensorBoard if present."""
+    """Appends JSON rows (training rows hold "loss"; validation rows "val_loss"; leak rows "leak");
+    mirrors scalars, and one level of dicts as `key/name`, to TensorBoard if present."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
@@ -52,6 +53,10 @@ class MetricsLogger:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key not in ("step", "time"):
                     self.tb.add_scalar(key, value, row["step"])
+                elif isinstance(value, dict):  # e.g. {"leak": {"black": 0.5}} -> leak/black
+                    for name, inner in value.items():
+                        if isinstance(inner, (int, float)):
+                            self.tb.add_scalar(f"{key}/{name}", inner, row["step"])
             self.tb.flush()
 
     def close(self) -> None:

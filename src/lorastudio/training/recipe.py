@@ -21,7 +21,7 @@ from lorastudio.data.cache import default_cache_dir
 from lorastudio.data.dataset import BucketBatchSampler, EpochView, Item, dataset_fingerprint, describe
 from lorastudio.models.families import Family, ModelParts, get_family, load_text_parts, load_unet_and_scheduler, load_vae
 from lorastudio.training import checkpoint as ckpt
-from lorastudio.training import methods
+from lorastudio.training import methods, validation
 from lorastudio.training.features import Features
 from lorastudio.training.logging import MetricsLogger, Progress, Smoothed, peak_gpu_mb, peak_rss_mb
 from lorastudio.training.loss import diffusion_loss
@@ -59,6 +59,8 @@ class Session:
     pos: LoopPosition = field(default_factory=LoopPosition)
     last_saved_step: int = -1
     method_state: methods.MethodState = field(default_factory=methods.MethodState)
+    val_set: validation.ValidationSet | None = None  # images of the validation loss (None = off)
+    leak: validation.LeakWatch | None = None  # main process only: the sample-time leak figure
 
     @property
     def is_main(self) -> bool:
@@ -77,6 +79,7 @@ def run(cfg: TrainConfig, *, resume: str | None = None, force: bool = False, sho
 
     `audit=False` skips the dataset audit gate (`--skip-audit`)."""
     items = methods.prepare_items(cfg, preflight(cfg, audit=audit), warn=lambda m: print(m, file=sys.stderr))
+    items, val_set = validation.split(cfg, items)
     if resume is None and ckpt.list_checkpoints(Path(cfg.output_dir)):
         raise ResumeError(
             f"output_dir {cfg.output_dir} already holds checkpoints; continue it with --resume auto, "
@@ -93,10 +96,11 @@ def run(cfg: TrainConfig, *, resume: str | None = None, force: bool = False, sho
               file=sys.stderr)
     accelerator = Accelerator(cpu=not _cuda(), mixed_precision=cfg.train.mixed_precision)
     try:
-        session = setup(cfg, items, accelerator, show_progress=show_progress)
+        session = setup(cfg, items, accelerator, show_progress=show_progress, val_set=val_set)
         restore(session, resume, force)
         if session.is_main:
             write_resolved(cfg, session.run_dir)
+            session.leak = validation.LeakWatch.for_run(cfg, session.run_dir, session.pos.step, session.log)
         with StopRequest() as stop:
             train_loop(session, stop, show_progress=show_progress)
             if stop.requested:
@@ -117,8 +121,11 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def setup(cfg: TrainConfig, items: list[Item], accelerator: Any, *, show_progress: bool) -> Session:
-    """Load the model, attach adapters, build caches, optimizer, schedule and sampler."""
+def setup(cfg: TrainConfig, items: list[Item], accelerator: Any, *, show_progress: bool,
+          val_set: validation.ValidationSet | None = None) -> Session:
+    """Load the model, attach adapters, build caches, optimizer, schedule and sampler.
+
+    `val_set`: the validation images; held-out ones are cached with the training images."""
     import torch
 
     family = get_family(cfg.model.family).configured(cfg)
@@ -136,7 +143,8 @@ def setup(cfg: TrainConfig, items: list[Item], accelerator: Any, *, show_progres
     features = Features(family, cfg, parts, log=lambda m: print(m, file=sys.stderr) if accelerator.is_main_process else None)
     cache_root = None if cfg.train.cache != "disk" else (cfg.train.cache_dir or default_cache_dir())
     with accelerator.main_process_first():
-        features.build_caches(items, cache_root, show=show_progress and accelerator.is_main_process)
+        cached = {i.key: i for i in [*items, *(val_set.items if val_set else [])]}
+        features.build_caches(list(cached.values()), cache_root, show=show_progress and accelerator.is_main_process)
     if cfg.train.cache != "none":
         features.log(f"caches ready in {features.cache_seconds:.2f}s (VAE and frozen text encoders released)")
     view = EpochView(items, cfg.data, cfg.train.seed)
@@ -154,9 +162,11 @@ def setup(cfg: TrainConfig, items: list[Item], accelerator: Any, *, show_progres
         prediction_type = parts.noise_scheduler.config.get("prediction_type") or family.default_prediction_type
     session = Session(
         cfg, family, accelerator, parts, features, unet, text_encoders, params, optimizer, lr_scheduler, view, sampler,
-        prediction_type, total, dataset_fingerprint(items), Path(cfg.output_dir), method_state=method_state,
+        prediction_type, total, dataset_fingerprint(items), Path(cfg.output_dir), method_state=method_state, val_set=val_set,
     )
     session.log(f"data: {describe(items)}; {len(sampler)} batches/epoch; {total} steps; predicting {prediction_type}")
+    if val_set is not None:
+        session.log(f"validation loss on {len(val_set.items)} {val_set.split} image(s) every {cfg.validation.every_n_steps} steps")
     return session
 
 
@@ -236,21 +246,33 @@ def forward_loss(session: Session, examples: list[Any], positions: list[int], mi
     """Noise the latents, predict with the UNet and return this micro-batch's loss."""
     import torch
 
+    cfg = session.cfg
+    global_batch = cfg.train.batch_size * session.accelerator.num_processes
+    weights = torch.tensor([cfg.data.prior_loss_weight if ex.item.is_reg else 1.0 for ex in examples])
+    return batch_loss(
+        session, examples, [micro * global_batch + p for p in positions], step=session.pos.step, weights=weights,
+        unet=session.unet, text_encoders=session.text_encoders,
+    )
+
+
+def batch_loss(session: Session, examples: list[Any], positions: list[int], *, step: int, weights: Any, unet: Any,
+               text_encoders: list[Any]) -> Any:
+    """The diffusion loss of one batch (one bucket) with noise and timesteps fixed by (seed, step, positions).
+
+    Training passes its step and global-batch positions; validation passes its own fixed step
+    and image indices, so both share every line from the latents to the loss."""
     cfg, sched = session.cfg, session.parts.noise_scheduler
     latents = session.features.latents(examples).to(session.accelerator.device)
-    cond = session.features.conditioning(methods.captions(cfg, [ex.caption for ex in examples]), session.text_encoders)
-    global_batch = cfg.train.batch_size * session.accelerator.num_processes
+    cond = session.features.conditioning(methods.captions(cfg, [ex.caption for ex in examples]), text_encoders)
     objective = session.family.objective
     noise, timesteps = objective.draw(
-        latents, [micro * global_batch + p for p in positions], seed=cfg.train.seed, step=session.pos.step,
-        scheduler=sched, noise_offset=cfg.train.noise_offset,
+        latents, positions, seed=cfg.train.seed, step=step, scheduler=sched, noise_offset=cfg.train.noise_offset,
     )
     noisy, target = objective.noisy_and_target(sched, latents, noise, timesteps, session.prediction_type)
     height, width = examples[0].item.height, examples[0].item.width
     dtype = session.parts.unet.dtype  # first floating-point weight: the compute dtype, also for a quantised base
     with session.accelerator.autocast():
-        pred = session.family.predict(session.unet, noisy.to(dtype), timesteps, {k: v.to(dtype) for k, v in cond.items()}, height, width)
-    weights = torch.tensor([cfg.data.prior_loss_weight if ex.item.is_reg else 1.0 for ex in examples])
+        pred = session.family.predict(unet, noisy.to(dtype), timesteps, {k: v.to(dtype) for k, v in cond.items()}, height, width)
     return diffusion_loss(
         pred, target, scheduler=sched, timesteps=timesteps, prediction_type=session.prediction_type,
         min_snr_gamma=cfg.train.min_snr_gamma, sample_weights=weights,
@@ -298,8 +320,10 @@ def train_loop(session: Session, stop: StopRequest, *, show_progress: bool) -> N
     logger = MetricsLogger(session.run_dir, tensorboard=cfg.logging.tensorboard, enabled=session.is_main)
     bar = Progress(session.total_steps, session.pos.step, enabled=show_progress and session.is_main)
     smooth, window = Smoothed(), _Window()
-    if session.pos.step == 0 and cfg.sample.at_start:
-        maybe_sample(session, force=True)
+    if session.pos.step == 0 and (cfg.sample.at_start or validation.wants_base_samples(cfg)):
+        maybe_sample(session, logger, force=True)  # step 0 is the base model: the leak's reference
+    if session.pos.step == 0:
+        validation.maybe_validate(session, logger)
     try:
         while session.pos.step < session.total_steps and not stop.requested:
             started = time.perf_counter()
@@ -319,16 +343,18 @@ def train_loop(session: Session, stop: StopRequest, *, show_progress: bool) -> N
             _sync_stop(session, stop)
             if session.pos.step % cfg.logging.every_n_steps == 0 or session.pos.step == session.total_steps or stop.requested:
                 logger.log({"step": session.pos.step, "epoch": session.pos.epoch, **window.flush(), "skipped_steps": session.pos.skipped_steps})
+            if not stop.requested:
+                validation.maybe_validate(session, logger)
             if stop.requested or session.pos.step == session.total_steps:
                 break
-            maybe_sample(session, force=stop.take_sample_request())
+            maybe_sample(session, logger, force=stop.take_sample_request())
             if cfg.save.every_n_steps and session.pos.step % cfg.save.every_n_steps == 0:
                 save_checkpoint(session)
+        if session.pos.step == session.total_steps:
+            maybe_sample(session, logger)
     finally:
         bar.close()
         logger.close()
-    if session.pos.step == session.total_steps:
-        maybe_sample(session)
 
 
 def _sync_stop(session: Session, stop: StopRequest) -> None:
@@ -370,15 +396,19 @@ class _Window:
         }
 
 
-def maybe_sample(session: Session, *, force: bool = False) -> None:
-    """Render the sample prompts at step 0 (when forced) and every `sample.every_n_steps`."""
+def maybe_sample(session: Session, logger: MetricsLogger, *, force: bool = False) -> None:
+    """Render the sample prompts at step 0 (when forced) and every `sample.every_n_steps`;
+    with `validation.leak`, log the samples' leak row."""
     cfg = session.cfg.sample
     if not cfg.prompts:
         return
     due = force or (cfg.every_n_steps is not None and session.pos.step % cfg.every_n_steps == 0)
     if due and session.is_main:
         unet = session.accelerator.unwrap_model(session.unet)
-        render_samples(session.family, session.features, unet, session.cfg, session.run_dir, session.pos.step, session.prediction_type)
+        paths = render_samples(session.family, session.features, unet, session.cfg, session.run_dir, session.pos.step, session.prediction_type)
+        row = session.leak.observe(session.pos.step, paths) if session.leak is not None else None
+        if row is not None:
+            logger.log(row)
     session.accelerator.wait_for_everyone()
 
 

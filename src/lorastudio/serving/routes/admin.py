@@ -47,7 +47,7 @@ async def retry_job(job_id: str, request: Request, caller: Caller = Depends(requ
         raise not_found()
     if job.status not in TERMINAL:
         raise ApiError(409, "not_finished", f"the job is {job.status}; only finished jobs can be retried")
-    if job.kind in ("train", "caption", "evaluate") and "train" not in caller.scopes and not caller.admin:
+    if job.kind in ("train", "caption", "evaluate", "audit") and "train" not in caller.scopes and not caller.admin:
         raise ApiError(403, "forbidden", "this key lacks the 'train' scope")
     new, _ = await run_in_threadpool(lambda: store.submit(job.kind, caller.key_id, job.params, priority=job.priority))
     return await run_in_threadpool(job_view, store, new)

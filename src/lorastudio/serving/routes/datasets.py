@@ -81,10 +81,7 @@ class LintBody(BaseModel):
 
 def model_dir(request: Request) -> str:
     """The tokenizer source: the served base model, else the shipped toy base."""
-    model = request.app.state.settings.model
-    if model and Path(model).is_dir():
-        return model
-    return str(Path(ds.__file__).resolve().parents[1] / "toyworld" / "base")
+    return ds.tokenizer_source(request.app.state.settings.model)
 
 
 async def call(fn, *args, **kwargs):  # noqa: ANN001, ANN201 - a thin threadpool + error mapping wrapper
@@ -313,10 +310,27 @@ async def undo_op(dataset_id: str, request: Request, caller: Caller = Depends(re
 
 
 @router.post("/v1/datasets/{dataset_id}/audits", status_code=201)
-async def run_audit(dataset_id: str, request: Request, caller: Caller = Depends(require("train"))):
-    """Audit the dataset now (text rules, pixel detectors, contamination table)."""
-    tok = model_dir(request)
-    return await call(ds.audit, home(request, dataset_id), tokenizer_dir=tok)
+async def run_audit(dataset_id: str, request: Request, background: bool = False,
+                    caller: Caller = Depends(require("train"))):
+    """Audit the dataset (text rules, pixel detectors, contamination table). By default now, in
+    this call (201 with the audit). With `?background=true` it becomes an `audit` job (202 with
+    the job) when a worker is idle, so a large dataset keeps neither the request nor the API
+    process busy; with every worker busy (a training run) or none up, it runs now after all,
+    rather than waiting behind a run for hours."""
+    from fastapi.responses import JSONResponse
+
+    from lorastudio.serving.http import admit
+    from lorastudio.serving.routes.jobs import job_view
+
+    folder = home(request, dataset_id)
+    store, settings = request.app.state.store, request.app.state.settings
+    idle = await run_in_threadpool(lambda: [w for w in store.live_workers(settings.worker_stale_s) if w["state"] == "ready"])
+    if not background or not idle or await run_in_threadpool(lambda: store.counts().get("queued", 0)):
+        return await call(ds.audit, folder, tokenizer_dir=model_dir(request))
+    await run_in_threadpool(admit, request, caller)
+    job, _ = await run_in_threadpool(lambda: store.submit("audit", caller.key_id, {"dataset": dataset_id},
+                                                          max_attempts=2))
+    return JSONResponse(await run_in_threadpool(job_view, store, job), status_code=202)
 
 
 @router.get("/v1/datasets/{dataset_id}/audits/{audit_id}")
@@ -329,10 +343,12 @@ async def get_audit(dataset_id: str, audit_id: str, request: Request, caller: Ca
 
 
 @router.post("/v1/datasets/{dataset_id}/fix")
-async def fix(dataset_id: str, request: Request, apply: bool = False, caller: Caller = Depends(require("train"))):
-    """The caption diff `audit --fix` would write; `?apply=true` writes it as one undoable op and re-audits."""
+async def fix(dataset_id: str, request: Request, apply: bool = False, reaudit: bool = True,
+              caller: Caller = Depends(require("train"))):
+    """The caption diff `audit --fix` would write; `?apply=true` writes it as one undoable op and
+    re-audits (`&reaudit=false` leaves that to the caller, e.g. as a background audit job)."""
     folder = await writable(request, dataset_id) if apply else home(request, dataset_id)
     out = await call(ds.plan_fix, folder, apply=apply)
-    if apply and out["op"]:
+    if apply and out["op"] and reaudit:
         out["audit"] = await call(ds.audit, folder, tokenizer_dir=model_dir(request))
     return out

@@ -20,6 +20,7 @@ from lorastudio.serving.routes.datasets import home
 from lorastudio.serving.routes.jobs import job_view
 from lorastudio.serving.schemas import TrainingFields
 from lorastudio.studio import datasets as ds
+from lorastudio.studio import trainform
 from lorastudio.studio.evaluating import EvaluationRequest
 
 router = APIRouter()
@@ -32,13 +33,16 @@ class StudioTraining(TrainingFields):
     override_reason: str = Field(default="", max_length=500, description="why to train despite audit errors")
     config_yaml: str = Field(default="", max_length=64 * 1024,
                              description="the Advanced tab's YAML: a whole training config; its values win over the fields")
+    options: dict[str, bool | int | float | str | None] = Field(
+        default_factory=dict, max_length=16,
+        description="the form's family fields as 'section.key': value (studio/trainform.py FAMILY_OPTIONS)")
 
 
 # Keys the server decides: the served base model, the staged dataset, where the run is written,
 # caches and debug switches. YAML from the Advanced tab may not change them from their defaults.
 SERVER_KEYS = {"model": ("path", "revision", "variant"), "data": ("datasets", "regularization"),
                "train": ("method", "cache", "cache_dir", "debug_nan_at_steps", "debug_stop_after_step")}
-YAML_SECTIONS = ("data", "network", "train", "sample", "save", "logging")
+YAML_SECTIONS = ("data", "network", "train", "sample", "save", "logging", "flux", "validation")
 
 
 def parse_config(text: str):  # noqa: ANN201 - TrainConfig, imported lazily
@@ -138,6 +142,12 @@ async def train_dataset(dataset_id: str, body: StudioTraining, request: Request,
         except ValidationError as exc:
             first = exc.errors()[0]
             raise ApiError(422, "out_of_bounds", f"{first['loc'][-1]}: {first['msg']} (this service's limit)") from None
+    options = {}
+    if body.options and config is None:  # the Advanced tab's YAML is a whole config: it replaces the form's options
+        try:
+            options = await run_in_threadpool(trainform.option_overrides, body.options, settings.family)
+        except trainform.OptionError as exc:
+            raise ApiError(422, "invalid_option", str(exc)) from None
     verdict = await run_in_threadpool(audit_gate, folder)
     if not verdict["ok"] and len(body.override_reason.strip()) < 10:
         raise ApiError(409, "audit_gate", f"{verdict['reason']}; fix it or give an override reason (10+ characters)")
@@ -149,7 +159,7 @@ async def train_dataset(dataset_id: str, body: StudioTraining, request: Request,
         images = await run_in_threadpool(stage_run, settings.data_dir, folder, run_id)
     except ds.StudioError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
-    fields = body.model_dump(exclude={"override_reason", "config_yaml"})
+    fields = body.model_dump(exclude={"override_reason", "config_yaml", "options"})
     fields["trigger"] = fields["trigger"] or ds.trigger_of(folder) or ""
     if not fields["trigger"]:
         raise ApiError(422, "no_trigger", "the dataset has no trigger word; give one")
@@ -157,6 +167,8 @@ async def train_dataset(dataset_id: str, body: StudioTraining, request: Request,
               "override_reason": body.override_reason.strip() or None}
     if config is not None:
         params["config"] = config
+    if options:
+        params["options"] = options
     job, _ = await run_in_threadpool(lambda: store.submit("train", caller.key_id, params, priority=body.priority,
                                                           max_attempts=3))
     return {**await run_in_threadpool(job_view, store, job), "lora_id": body.lora_id}

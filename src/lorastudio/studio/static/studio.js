@@ -157,6 +157,22 @@ function initGallery() {
   document.body.addEventListener("htmx:afterSwap", count);
 }
 
+// ---------------------------------------------------------------- jobs started from a page
+async function followJob(job, status, label) {
+  // "<label><job link>: <state>" in `status` until the job ends; returns its final view.
+  status.replaceChildren(el("span", label), el("a", job.id.slice(0, 8)), el("span", ": " + job.status));
+  status.children[1].href = "/studio/jobs/" + job.id;
+  status.dataset.job = job.id;
+  let view = job;
+  while (!["succeeded", "failed", "canceled", "expired"].includes(view.status)) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    view = await api("GET", "/v1/jobs/" + job.id);
+    status.children[2].textContent = ": " + view.status;
+  }
+  status.dataset.status = view.status;
+  return view;
+}
+
 // ---------------------------------------------------------------- caption jobs (gallery and editor)
 function initCaptionJob() {
   const box = document.getElementById("caption-job");
@@ -170,16 +186,7 @@ function initCaptionJob() {
     if (!body.model) { flash("Name a model first", true); return; }
     try {
       const job = await api("POST", `/v1/datasets/${box.dataset.dataset}/captions`, body);
-      status.replaceChildren(el("span", "Captioning job "), el("a", job.id.slice(0, 8)), el("span", ": queued"));
-      status.children[1].href = "/studio/jobs/" + job.id;
-      status.dataset.job = job.id;
-      let view = job;
-      while (!["succeeded", "failed", "canceled", "expired"].includes(view.status)) {
-        await new Promise((resolve) => setTimeout(resolve, 1000));
-        view = await api("GET", "/v1/jobs/" + job.id);
-        status.children[2].textContent = ": " + view.status;
-      }
-      status.dataset.status = view.status;
+      const view = await followJob(job, status, "Captioning job ");
       if (view.status === "succeeded") {
         flash(`Captioned: ${view.result.captioned} of ${view.result.of} image(s) have a caption`);
         setTimeout(() => location.reload(), 800);
@@ -288,25 +295,33 @@ function initAudit() {
   const bar = document.getElementById("audit-actions");
   if (!bar) return;
   const dataset = bar.dataset.dataset;
+  async function audit() {  // a job on an idle worker; the server audits in the request when none is idle
+    const out = await api("POST", `/v1/datasets/${dataset}/audits?background=true`);
+    if (out.audit_id) return;  // done in the request
+    const view = await followJob(out, document.getElementById("audit-status"), "Audit job ");
+    if (view.status !== "succeeded") throw new Error("Audit " + view.status + (view.error ? ": " + view.error.message : ""));
+  }
   bar.addEventListener("click", async (event) => {
     const action = event.target.dataset.action;
     try {
       if (action === "run-audit") {
         flash("Auditing…");
-        await api("POST", `/v1/datasets/${dataset}/audits`);
+        await audit();
         location.reload();
       }
       if (action === "undo-op") {
         const out = await api("POST", `/v1/datasets/${dataset}/undo`);
         flash("Undone: " + out.reverted.length + " caption(s) restored");
-        await api("POST", `/v1/datasets/${dataset}/audits`);
+        await audit();
         location.reload();
       }
       if (action === "fix-preview") {
         const plan = await api("POST", `/v1/datasets/${dataset}/fix`);
         renderDiff(plan.changes, async () => {
           try {
-            await api("POST", `/v1/datasets/${dataset}/fix?apply=true`);
+            await api("POST", `/v1/datasets/${dataset}/fix?apply=true&reaudit=false`);
+            flash("Applied; re-auditing…");
+            await audit();
             location.reload();
           } catch (error) { flash(error.message, true); }
         });

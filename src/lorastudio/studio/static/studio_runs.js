@@ -64,14 +64,52 @@ function initLive() {
     });
   }
   for (const box of [emaBox, logBox]) if (box) box.addEventListener("change", () => draw());
-  function draw() {
+  const valPoints = new Map();
+  const valLine = document.getElementById("val-line");
+  function draw() {  // training and validation loss share both axes
     const steps = Array.from(points.keys()).sort((a, b) => a - b);
-    if (!steps.length) return;
+    const valSteps = Array.from(valPoints.keys()).sort((a, b) => a - b);
+    if (!steps.length && !valSteps.length) return;
     const losses = shown(steps.map((s) => points.get(s)));
-    const lo = Math.min(...losses), hi = Math.max(...losses), last = steps[steps.length - 1] || 1;
-    line.setAttribute("points", steps.map((s, i) =>
-      `${(400 * s / last).toFixed(1)},${(115 - 110 * (losses[i] - lo) / ((hi - lo) || 1)).toFixed(1)}`).join(" "));
+    const logged = logBox && logBox.checked;
+    const vals = valSteps.map((s) => (logged ? Math.log10(Math.max(valPoints.get(s), 1e-8)) : valPoints.get(s)));
+    const all = losses.concat(vals);
+    const lo = Math.min(...all), hi = Math.max(...all);
+    const last = Math.max(steps[steps.length - 1] || 0, valSteps[valSteps.length - 1] || 0) || 1;
+    const xy = (s, v) => `${(400 * s / last).toFixed(1)},${(115 - 110 * (v - lo) / ((hi - lo) || 1)).toFixed(1)}`;
+    line.setAttribute("points", steps.map((s, i) => xy(s, losses[i])).join(" "));
     line.dataset.points = String(steps.length);
+    if (valLine) {
+      valLine.setAttribute("points", valSteps.map((s, i) => xy(s, vals[i])).join(" "));
+      valLine.dataset.points = String(valSteps.length);
+    }
+  }
+  function showValidation(data) {
+    if (typeof data.val_loss !== "number") return;
+    valPoints.set(data.step, data.val_loss);
+    draw();
+    const split = data.val_split === "held-out" ? "held-out images" : "training images, fixed noise";
+    const dd = document.getElementById("live-val");
+    dd.textContent = `${data.val_loss.toFixed(4)} at step ${data.step} (${data.val_images} ${split})`;
+    dd.dataset.value = String(data.val_loss);
+  }
+  function showLeak(data) {  // the newest figure per attribute; a positive leak is the LoRA adding it
+    const table = document.getElementById("leak-table");
+    if (!table || !data.leak || !Object.keys(data.leak).length) return;
+    const none = document.getElementById("no-leak");
+    if (none) none.remove();
+    table.hidden = false;
+    const body = table.tBodies[0];
+    body.replaceChildren();
+    for (const [label, value] of Object.entries(data.leak).sort()) {
+      const tr = document.createElement("tr");
+      tr.dataset.attr = label;
+      const shownValue = typeof value === "number" && Number.isFinite(value)
+        ? `${value > 0 ? "+" : ""}${Math.round(100 * value)} %` : "–";
+      tr.append(el("td", label.replace(/_/g, " ")), el("td", shownValue), el("td", String(data.step)));
+      if (typeof value === "number" && value >= 0.25) tr.className = "leaking";
+      body.appendChild(tr);
+    }
   }
   const samples = document.getElementById("samples");
   const shownSamples = new Set();
@@ -101,7 +139,8 @@ function initLive() {
     }
   }
   const source = new EventSource(`/v1/jobs/${live.dataset.job}/events`);
-  for (const kind of ["queued", "started", "step", "sample", "completed", "failed", "canceled", "expired"]) {
+  for (const kind of ["queued", "started", "step", "sample", "validation", "leak", "completed", "failed", "canceled",
+                      "expired"]) {
     source.addEventListener(kind, (event) => {
       const data = JSON.parse(event.data);
       if (!seen.has(event.lastEventId)) {
@@ -111,6 +150,8 @@ function initLive() {
         events.appendChild(li);
       }
       if (kind === "sample") addSamples(data);
+      if (kind === "validation") showValidation(data);
+      if (kind === "leak") showLeak(data);
       if (kind === "step" && typeof data.loss === "number") {
         points.set(data.step, data.loss);
         draw();
@@ -250,6 +291,7 @@ function initTraining() {
       body[input.name] = input.type === "number" ? Number(input.value) : input.value;
     }
     if (configYaml !== undefined) body.config_yaml = configYaml;
+    else body.options = familyOptions();
     try {
       const job = await api("POST", `/v1/datasets/${form.getAttribute("data-dataset")}/trainings`, body);
       location.href = "/studio/jobs/" + job.id;
@@ -261,6 +303,16 @@ function initTraining() {
       }
       flash(error.message, true);
     }
+  }
+  function familyOptions() {  // the family's config fields as {"section.key": value}; empty = null
+    const out = {};
+    for (const el of form.querySelectorAll("[data-option]")) {
+      const key = el.dataset.option;
+      if (el.type === "checkbox") out[key] = el.checked;
+      else if (el.type === "number") out[key] = el.value === "" ? null : Number(el.value);
+      else out[key] = el.value;
+    }
+    return out;
   }
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
