@@ -236,7 +236,8 @@ def test_stopping_a_training_run_saves_a_checkpoint_and_resume_continues_from_it
 
 def test_sample_now_renders_the_sample_prompts_mid_run(toy, tmp_path):
     """A studio training run with sample prompts but no sample schedule: "Sample now" makes the
-    trainer render them after its next step, announced as a `sample` event; then Stop."""
+    trainer render them after its next step, announced as a `sample` event; "Save now" writes a
+    checkpoint off the schedule while the run goes on; then Stop."""
     import yaml
 
     from lorastudio.toyworld.demo import write_photos
@@ -267,12 +268,22 @@ def test_sample_now_renders_the_sample_prompts_mid_run(toy, tmp_path):
     (sample,) = [d for _, t, d in store.events_after(job_id) if t == "sample"]
     assert asked_at < sample["step"] < 400 and sample["files"] == ["00.png"]
     assert client.get(f"/v1/jobs/{job_id}/samples/{sample['step']}/00.png", headers=auth).status_code == 200
+    from lorastudio.serving.runners import complete_steps
+
+    checkpoints = app.state.settings.data_dir / "datasets" / store.get(job_id).params["run_id"] / "run" / "checkpoints"
+    asked_at = max(d["step"] for _, t, d in store.events_after(job_id) if t == "step")
+    assert client.post(f"/v1/jobs/{job_id}/save-now", headers=auth).status_code == 202  # "Save now"
+    while time.time() < end and not complete_steps(checkpoints):
+        time.sleep(0.2)
+    (saved,) = complete_steps(checkpoints)
+    assert asked_at < saved < 200 and store.get(job_id).status == "running"  # off schedule, and it trains on
     assert client.delete(f"/v1/jobs/{job_id}", headers=auth).status_code in (200, 202)
     while time.time() < end and store.get(job_id).status == "running":
         time.sleep(0.2)
     assert store.get(job_id).status == "canceled"
     late = client.post(f"/v1/jobs/{job_id}/sample-now", headers=auth)
     assert late.status_code == 409 and late.json()["code"] == "not_running"
+    assert client.post(f"/v1/jobs/{job_id}/save-now", headers=auth).status_code == 409
 
 
 def test_a_failing_training_shows_its_first_error_and_log_tail_on_the_job_page(toy):

@@ -379,6 +379,14 @@ def test_whole_flow_upload_fix_train_and_enhance_with_the_toy_model(tmp_path, ch
         assert int(tab.evaluate("document.getElementById('loss-line').dataset.points")) == 20  # toy preset: 20 steps, each logged
         wait(tab, "document.getElementById('val-line').dataset.points === '3'")  # validation at steps 0, 10 and 20
         assert "(4 training images, fixed noise)" in tab.text_content("#live-val")
+        tab.reload()  # the run record: final/'s checksums and the resolved config, without server paths
+        run_id = list_jobs(store, None, None, "train", 1)[0].params["run_id"]
+        complete = json.loads((data / "datasets" / run_id / "run" / "final" / "COMPLETE.json").read_text(encoding="utf-8"))
+        rows = tab.evaluate("Array.from(document.querySelectorAll('#run-checksums tbody tr')).map(r => [r.cells[0].textContent,"
+                            " r.cells[1].textContent])")
+        assert rows and dict(rows) == complete["files"]
+        config = tab.text_content("#resolved-config pre")
+        assert "<data>/datasets/" in config and str(data) not in config and "max_steps: 20" in config
         checked.shot(tab, "run")
         tab.goto(live.url + "/studio/enhance")
         tab.set_input_files("#e-image", str(sorted(photos.glob("*.jpg"))[1]))
@@ -619,6 +627,9 @@ def test_reloading_mid_run_restores_the_curve_and_keeps_streaming_while_the_job_
               "document.querySelectorAll('#leak-table tbody tr').length === 2")
     assert live.store.get(job.id).status == "running"
     assert tab.text_content("#job-status") == "running"
+    click(tab, "[data-action=save-now]")  # asks the worker to signal the trainer (SIGUSR2): a checkpoint after the next step
+    wait(tab, "document.getElementById('flash').textContent.startsWith('Checkpoint asked for')")
+    assert [k for _, k, _ in live.store.events_after(job.id, 0)].count("save_asked") == 1
     for step in range(6, 11):
         emit(step)
     check(10, 0.15, 0.0)

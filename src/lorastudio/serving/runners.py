@@ -21,9 +21,9 @@ from typing import Any
 
 from lorastudio.serving.files import content_path, read_content, store_bytes
 from lorastudio.serving.served import served_model
-from lorastudio.serving.trace import SAMPLE_ASKED, JobCanceled, JobFailed, Trace
+from lorastudio.serving.trace import SAMPLE_ASKED, SAVE_ASKED, JobCanceled, JobFailed, Trace
 from lorastudio.studio import trainform
-from lorastudio.training.signals import SAMPLE_SIGNAL
+from lorastudio.training.signals import SAMPLE_SIGNAL, SAVE_SIGNAL
 
 
 def store_png(data_dir: Path, image: Any, info: dict) -> str:
@@ -408,7 +408,7 @@ def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path:
     done = _logged_steps(metrics)  # a resumed run: steps an earlier attempt or job already reported
     reported = {kind: _logged_steps(metrics, key, none=-1) for kind, key in CHECK_ROWS.items()}  # a check may run at step 0
     seen = max((i for i, _, _ in runner.store.events_after(job.id, 0)), default=0)  # older asks are not replayed
-    started_at, asked = done, False
+    started_at, asked = done, set()
     proc = _child([sys.executable, "-m", "lorastudio", *args], cwd, log_path)
     announced: set[str] = set()
     interrupted = False
@@ -419,12 +419,13 @@ def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path:
             interrupted = True
         fresh = runner.store.events_after(job.id, seen)
         seen = max([seen, *(i for i, _, _ in fresh)])
-        asked = asked or any(kind == SAMPLE_ASKED for _, kind, _ in fresh)
-        # Only the train command takes the signal, and only once its loop runs (a logged step shows
-        # its handler is installed; before that the signal's default action would end the process).
-        if asked and args[0] == "train" and done > started_at and SAMPLE_SIGNAL is not None and not interrupted:
-            proc.send_signal(SAMPLE_SIGNAL)  # "Sample now": the trainer renders after its next step
-            asked = False
+        asked |= {kind for _, kind, _ in fresh if kind in ASK_SIGNALS and ASK_SIGNALS[kind] is not None}
+        # Only the train command takes these signals, and only once its loop runs (a logged step shows
+        # its handlers are installed; before that a signal's default action would end the process).
+        if asked and args[0] == "train" and done > started_at and not interrupted:
+            for kind in sorted(asked):  # "Sample now" / "Save now": the trainer acts after its next step
+                proc.send_signal(ASK_SIGNALS[kind])
+            asked = set()
         for row in _metric_rows(metrics):
             if row["step"] > done:  # each step once, even when a resume re-logs the last ones
                 runner.store.add_event(job.id, "step", {"step": row["step"], "loss": row["loss"],
@@ -439,6 +440,9 @@ def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path:
         raise JobCanceled()
     return proc.returncode
 
+
+# What a studio button asks of a running trainer, and the signal that asks it.
+ASK_SIGNALS = {SAMPLE_ASKED: SAMPLE_SIGNAL, SAVE_ASKED: SAVE_SIGNAL}
 
 # The trainer's check rows in metrics.jsonl (training/validation.py), by the event each becomes:
 # the validation loss on fixed noise, and the confounder leak measured in the sample images.

@@ -15,6 +15,7 @@ from typing import Any
 
 
 SAMPLE_ASKED = "sample_asked"  # the event a "Sample now" request leaves for the worker running the job
+SAVE_ASKED = "save_asked"  # and "Save now"
 
 
 class JobCanceled(Exception):

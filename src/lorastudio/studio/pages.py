@@ -371,7 +371,7 @@ async def job_page(job_id: str, request: Request):
     if job is None:
         raise ApiError(404, "not_found", "no such job")
     events = await run_in_threadpool(store.event_log, job_id)
-    from lorastudio.serving.routes.runs import job_log, read_log, sample_prompts
+    from lorastudio.serving.routes.runs import job_log, read_log, run_record, sample_prompts
 
     data_dir = request.app.state.settings.data_dir
     log_tail, log_end = await run_in_threadpool(read_log, data_dir, job, -8000)
@@ -379,7 +379,7 @@ async def job_page(job_id: str, request: Request):
         log_tail = ""  # no log yet: the view fills in as the job writes one
 
     return render("job.html", ctx, title=f"Job {job_id[:8]}", job=await run_in_threadpool(job_view, store, job),
-                  samples_possible=bool(sample_prompts(job)),
+                  samples_possible=bool(sample_prompts(job)), record=await run_in_threadpool(run_record, data_dir, job),
                   trace=job.trace or [], events=events, log_tail=log_tail, log_end=log_end, params=job.params)
 
 

@@ -348,7 +348,8 @@ def train_loop(session: Session, stop: StopRequest, *, show_progress: bool) -> N
             if stop.requested or session.pos.step == session.total_steps:
                 break
             maybe_sample(session, logger, force=stop.take_sample_request())
-            if cfg.save.every_n_steps and session.pos.step % cfg.save.every_n_steps == 0:
+            due = bool(cfg.save.every_n_steps) and session.pos.step % cfg.save.every_n_steps == 0
+            if stop.take_save_request() or due:  # on schedule, or "Save now" (SIGUSR2)
                 save_checkpoint(session)
         if session.pos.step == session.total_steps:
             maybe_sample(session, logger)
@@ -364,11 +365,13 @@ def _sync_stop(session: Session, stop: StopRequest) -> None:
 
     if session.accelerator.num_processes == 1:
         return
-    flag = torch.tensor([stop.signum or 0, int(stop.sample_requested)], device=session.accelerator.device)
+    flag = torch.tensor([stop.signum or 0, int(stop.sample_requested), int(stop.save_requested)],
+                        device=session.accelerator.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if int(flag[0].item()) and not stop.requested:
         stop.request(int(flag[0].item()))
     stop.sample_requested = bool(flag[1].item())  # every process samples at the same step, or none
+    stop.save_requested = bool(flag[2].item())  # and saves at the same step
 
 
 class _Window:

@@ -13,15 +13,18 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 SAMPLE_SIGNAL = getattr(signal, "SIGUSR1", None)  # "sample now": render the sample prompts at the next step
+SAVE_SIGNAL = getattr(signal, "SIGUSR2", None)  # "save now": write a checkpoint after the next step
 
 
 class StopRequest:
     """Installs handlers for SIGINT and SIGTERM while active (main thread only), and for SIGUSR1,
-    which asks for samples at the next step (`kill -USR1 PID`; the studio's "Sample now")."""
+    which asks for samples at the next step (`kill -USR1 PID`; the studio's "Sample now"), and
+    SIGUSR2, which asks for a checkpoint after the next step (`kill -USR2 PID`; "Save now")."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.sample_requested = False
+        self.save_requested = False
         self._previous: dict[int, object] = {}
 
     def take_sample_request(self) -> bool:
@@ -29,8 +32,16 @@ class StopRequest:
         asked, self.sample_requested = self.sample_requested, False
         return asked
 
+    def take_save_request(self) -> bool:
+        """Whether a checkpoint was asked for since the last call (and clear the request)."""
+        asked, self.save_requested = self.save_requested, False
+        return asked
+
     def _sample(self, signum: int, frame: FrameType | None) -> None:
         self.sample_requested = True
+
+    def _save(self, signum: int, frame: FrameType | None) -> None:
+        self.save_requested = True
 
     @property
     def requested(self) -> bool:
@@ -57,6 +68,8 @@ class StopRequest:
         handlers = {sig: self._handle for sig in EXIT_CODES}
         if SAMPLE_SIGNAL is not None:
             handlers[SAMPLE_SIGNAL] = self._sample
+        if SAVE_SIGNAL is not None:
+            handlers[SAVE_SIGNAL] = self._save
         for sig, handler in handlers.items():
             try:
                 self._previous[sig] = signal.signal(sig, handler)

@@ -229,6 +229,34 @@ def read_log(data_dir, job, offset: int) -> tuple[str, int] | tuple[None, int]: 
     return text, start + len(data)
 
 
+def run_record(data_dir, job) -> dict | None:  # noqa: ANN001
+    """A training run's resolved config (the data folder shown as `<data>`) and the sha256 of every
+    file of its final adapter, else of its newest complete checkpoint (their COMPLETE.json)."""
+    import json
+    import re
+
+    from lorastudio.serving.runners import complete_steps
+
+    run_id = str((job.params or {}).get("run_id", ""))
+    if job.kind != "train" or not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        return None
+    run = data_dir / "datasets" / run_id / "run"
+    config = run / "config.resolved.yaml"
+    out: dict = {"config": None, "complete": None}
+    if config.is_file() and not config.is_symlink():
+        text = config.read_text(encoding="utf-8", errors="replace")[:LOG_CHUNK]
+        out["config"] = text.replace(str(data_dir.resolve()), "<data>").replace(str(data_dir), "<data>")
+    folders = [run / "final", *(run / "checkpoints" / f"step_{s}" for s in reversed(complete_steps(run / "checkpoints")))]
+    for folder in folders:
+        marker = folder / "COMPLETE.json"
+        if marker.is_file() and not marker.is_symlink() and not folder.is_symlink():
+            record = json.loads(marker.read_text(encoding="utf-8"))
+            out["complete"] = {"where": "final" if folder.name == "final" else folder.name.replace("_", " "),
+                               "step": record.get("step"), "files": dict(sorted((record.get("files") or {}).items()))}
+            break
+    return out if out["config"] or out["complete"] else None
+
+
 @router.get("/v1/jobs/{job_id}/log")
 async def job_log_text(job_id: str, request: Request, offset: int = 0, caller: Caller = Depends(require("generate"))):
     """A job's log from byte `offset` (the job page polls this while the job runs: the log view streams)."""
@@ -246,21 +274,34 @@ def sample_prompts(job) -> list:  # noqa: ANN001
     return list(((job.params or {}).get("config") or {}).get("sample", {}).get("prompts") or [])
 
 
-@router.post("/v1/jobs/{job_id}/sample-now", status_code=202)
-async def sample_now(job_id: str, request: Request, caller: Caller = Depends(require("train"))):
-    """Ask a running training job to render its sample prompts after its next step."""
+async def ask_trainer(request: Request, caller: Caller, job_id: str, event: str, doing: str, need_prompts: bool) -> dict:
+    """Leave `event` for the worker running this training job, which signals its trainer."""
     store = request.app.state.store
     job = await run_in_threadpool(store.get, job_id, caller.owner_filter())
     if job is None or job.kind != "train":
         raise ApiError(404, "not_found", "no such training job")
     if job.status != "running":
-        raise ApiError(409, "not_running", f"the training job is {job.status}; samples render only while it runs")
-    if not sample_prompts(job):
+        raise ApiError(409, "not_running", f"the training job is {job.status}; {doing} only while it runs")
+    if need_prompts and not sample_prompts(job):
         raise ApiError(409, "no_sample_prompts", "this run has no sample prompts; set sample.prompts in the YAML tab")
+    await run_in_threadpool(store.add_event, job.id, event, {"by": caller.key_id})
+    return {"id": job.id, "asked": True}
+
+
+@router.post("/v1/jobs/{job_id}/sample-now", status_code=202)
+async def sample_now(job_id: str, request: Request, caller: Caller = Depends(require("train"))):
+    """Ask a running training job to render its sample prompts after its next step."""
     from lorastudio.serving.trace import SAMPLE_ASKED
 
-    await run_in_threadpool(store.add_event, job.id, SAMPLE_ASKED, {"by": caller.key_id})
-    return {"id": job.id, "asked": True}
+    return await ask_trainer(request, caller, job_id, SAMPLE_ASKED, "samples render", need_prompts=True)
+
+
+@router.post("/v1/jobs/{job_id}/save-now", status_code=202)
+async def save_now(job_id: str, request: Request, caller: Caller = Depends(require("train"))):
+    """Ask a running training job to write a checkpoint after its next step (it keeps training)."""
+    from lorastudio.serving.trace import SAVE_ASKED
+
+    return await ask_trainer(request, caller, job_id, SAVE_ASKED, "a checkpoint is saved", need_prompts=False)
 
 
 def run_checkpoints(data_dir, job) -> dict | None:  # noqa: ANN001

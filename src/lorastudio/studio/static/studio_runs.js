@@ -29,6 +29,13 @@ function initJobs() {
       } catch (error) { flash(error.message, true); }
       return;
     }
+    if (action === "save-now" && job) {  // the trainer writes a checkpoint after the next step and goes on
+      try {
+        await api("POST", `/v1/jobs/${job}/save-now`);
+        flash("Checkpoint asked for: it is written after the next step");
+      } catch (error) { flash(error.message, true); }
+      return;
+    }
     if (!job || !["cancel-job", "retry-job", "prepend-job"].includes(action)) return;
     try {
       if (action === "prepend-job") {
