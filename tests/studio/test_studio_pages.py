@@ -938,7 +938,7 @@ def test_validation_and_leak_rows_become_events_once_and_not_again_after_a_resum
     import json
     from types import SimpleNamespace
 
-    from lorastudio.serving.runners import CHECK_ROWS, _logged_steps, _report_checks
+    from lorastudio.serving.runners import CHECK_ROWS, _logged_steps, _metric_rows, _report_checks
     from lorastudio.serving.store import JobStore
 
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
@@ -950,12 +950,12 @@ def test_validation_and_leak_rows_become_events_once_and_not_again_after_a_resum
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 20, "val_lo', encoding="utf-8")
     runner = SimpleNamespace(store=store)
     fresh = {kind: -1 for kind in CHECK_ROWS}
-    reported = _report_checks(runner, job, metrics, fresh)
-    assert _report_checks(runner, job, metrics, reported) == reported == {"validation": 10, "leak": 10}
+    reported = _report_checks(runner, job, _metric_rows(metrics, key=None), fresh)
+    assert _report_checks(runner, job, _metric_rows(metrics, key=None), reported) == reported == {"validation": 10, "leak": 10}
     sent = [(kind, data) for _, kind, data in store.events_after(job.id, 0) if kind in CHECK_ROWS]
     assert sent == [("validation", rows[1]), ("validation", rows[3]), ("leak", rows[4])]
     resumed = {kind: _logged_steps(metrics, key, none=-1) for kind, key in CHECK_ROWS.items()}  # what a resume starts from
-    assert _report_checks(runner, job, metrics, resumed) == resumed
+    assert _report_checks(runner, job, _metric_rows(metrics, key=None), resumed) == resumed
     assert len([k for _, k, _ in store.events_after(job.id, 0) if k in CHECK_ROWS]) == 3
     store.close()
 

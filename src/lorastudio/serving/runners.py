@@ -426,16 +426,17 @@ def _cli(runner: PipelineRunner, job: Any, args: list[str], cwd: Path, log_path:
             for kind in sorted(asked):  # "Sample now" / "Save now": the trainer acts after its next step
                 proc.send_signal(ASK_SIGNALS[kind])
             asked = set()
-        for row in _metric_rows(metrics):
+        rows = _metric_rows(metrics, key=None)  # read once per tick: the step rows, then the check rows
+        for row in (r for r in rows if "loss" in r):
             if row["step"] > done:  # each step once, even when a resume re-logs the last ones
                 runner.store.add_event(job.id, "step", {"step": row["step"], "loss": row["loss"],
                                                         "n": job.params["steps"], "lr": row.get("lr"),
                                                         "s_per_step": row.get("s_per_step")})
                 done = row["step"]
-        reported = _report_checks(runner, job, metrics, reported)
+        reported = _report_checks(runner, job, rows, reported)
         announced = _announce_samples(runner, job, cwd / "run" / "samples", announced)
     _announce_samples(runner, job, cwd / "run" / "samples", announced)  # the last ones, written just before exit
-    _report_checks(runner, job, metrics, reported)
+    _report_checks(runner, job, _metric_rows(metrics, key=None), reported)
     if interrupted:
         raise JobCanceled()
     return proc.returncode
@@ -449,9 +450,9 @@ ASK_SIGNALS = {SAMPLE_ASKED: SAMPLE_SIGNAL, SAVE_ASKED: SAVE_SIGNAL}
 CHECK_ROWS = {"validation": "val_loss", "leak": "leak"}
 
 
-def _metric_rows(metrics: Path, key: str = "loss") -> list[dict]:
-    """The trainer's rows that carry `key` (per-step rows carry "loss") from metrics.jsonl; a
-    half-written last line is skipped."""
+def _metric_rows(metrics: Path, key: str | None = "loss") -> list[dict]:
+    """The trainer's rows that carry `key` (per-step rows carry "loss"; None: every row) from
+    metrics.jsonl; a half-written last line is skipped."""
     if not metrics.is_file():
         return []
     rows = []
@@ -460,7 +461,7 @@ def _metric_rows(metrics: Path, key: str = "loss") -> list[dict]:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and key in row:
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and (key is None or key in row):
             rows.append(row)
     return rows
 
@@ -470,11 +471,12 @@ def _logged_steps(metrics: Path, key: str = "loss", none: int = 0) -> int:
     return max((row["step"] for row in _metric_rows(metrics, key)), default=none)
 
 
-def _report_checks(runner: PipelineRunner, job: Any, metrics: Path, reported: dict[str, int]) -> dict[str, int]:
-    """A `validation` / `leak` event for each new check row, once (a resume re-logs none twice)."""
+def _report_checks(runner: PipelineRunner, job: Any, rows: list[dict], reported: dict[str, int]) -> dict[str, int]:
+    """A `validation` / `leak` event for each new check row of `rows` (metrics.jsonl), once (a
+    resume re-logs none twice)."""
     out = dict(reported)
     for kind, key in CHECK_ROWS.items():
-        for row in _metric_rows(metrics, key):
+        for row in (r for r in rows if key in r):
             if row["step"] > out[kind]:
                 runner.store.add_event(job.id, kind, {k: v for k, v in row.items() if k != "loss"})
                 out[kind] = row["step"]

@@ -324,8 +324,12 @@ async def run_audit(dataset_id: str, request: Request, background: bool = False,
 
     folder = home(request, dataset_id)
     store, settings = request.app.state.store, request.app.state.settings
-    idle = await run_in_threadpool(lambda: [w for w in store.live_workers(settings.worker_stale_s) if w["state"] == "ready"])
-    if not background or not idle or await run_in_threadpool(lambda: store.counts().get("queued", 0)):
+
+    def worker_free() -> bool:  # one idle and nothing queued ahead of the audit
+        idle = any(w["state"] == "ready" for w in store.live_workers(settings.worker_stale_s))
+        return idle and not store.counts().get("queued", 0)
+
+    if not background or not await run_in_threadpool(worker_free):
         return await call(ds.audit, folder, tokenizer_dir=model_dir(request))
     await run_in_threadpool(admit, request, caller)
     job, _ = await run_in_threadpool(lambda: store.submit("audit", caller.key_id, {"dataset": dataset_id},

@@ -225,8 +225,12 @@ def read_log(data_dir, job, offset: int) -> tuple[str, int] | tuple[None, int]: 
         data = handle.read(LOG_CHUNK)
     cut = data.rfind(b"\n") + 1 if len(data) == LOG_CHUNK else len(data)  # whole lines only, unless one is huge
     data = data[:cut or len(data)]
-    text = data.decode("utf-8", "replace").replace(str(data_dir.resolve()), "<data>").replace(str(data_dir), "<data>")
-    return text, start + len(data)
+    return redact(data.decode("utf-8", "replace"), data_dir), start + len(data)
+
+
+def redact(text: str, data_dir) -> str:  # noqa: ANN001
+    """`text` with the server's data folder shown as `<data>`: no server path reaches a page."""
+    return text.replace(str(data_dir.resolve()), "<data>").replace(str(data_dir), "<data>")
 
 
 def run_record(data_dir, job) -> dict | None:  # noqa: ANN001
@@ -244,8 +248,7 @@ def run_record(data_dir, job) -> dict | None:  # noqa: ANN001
     config = run / "config.resolved.yaml"
     out: dict = {"config": None, "complete": None}
     if config.is_file() and not config.is_symlink():
-        text = config.read_text(encoding="utf-8", errors="replace")[:LOG_CHUNK]
-        out["config"] = text.replace(str(data_dir.resolve()), "<data>").replace(str(data_dir), "<data>")
+        out["config"] = redact(config.read_text(encoding="utf-8", errors="replace")[:LOG_CHUNK], data_dir)
     folders = [run / "final", *(run / "checkpoints" / f"step_{s}" for s in reversed(complete_steps(run / "checkpoints")))]
     for folder in folders:
         marker = folder / "COMPLETE.json"
