@@ -391,6 +391,13 @@ def compare(args: argparse.Namespace, res: int, precision: str) -> None:
               f"{100 * (ours['s_per_step'] / low['s_per_step'] - 1):+.1f}% (target <= +10%); "
               f"the reference spends {100 * ref['encode_share']:.0f}% of each step encoding, so removing it is worth "
               f"{1 / (1 - ref['encode_share']):.2f}x at equal machine load", flush=True)
+        if args.example:
+            # What caching can give at most here: a lorastudio step that cost exactly the UNet
+            # forward/backward and AdamW, against the example's median step of the same run.
+            example_median = statistics.median(ex["s_per_step"] for _, ex in pairs)
+            print(f"  ceiling          : the example's median step / the lower bound = {example_median / low['s_per_step']:.2f}x "
+                  f"(the most a step at the floor can show; CPU time "
+                  f"{statistics.median(ex['cpu_s_per_step'] for _, ex in pairs) / low['cpu_s_per_step']:.2f}x)", flush=True)
 
 
 def main() -> None:
