@@ -38,8 +38,11 @@ setup-postgres:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
 		|| echo "note: postgresql not installed; the PostgreSQL serving tests will be skipped (CI fails instead)"
 
+# Two pytest workers (pytest-xdist): most of the slow tests wait on servers, browsers and
+# worker processes, so two keep both cores busy. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: setup setup-browser setup-postgres
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 # Drift check (not part of .ci/run): the newest versions pyproject's ranges allow, in a
 # separate venv, through the whole suite. Finds upstream breakage before users do.

@@ -764,6 +764,8 @@ def test_preset_submit_resolves_to_init_config_plus_the_same_overrides(studio_fa
             time.sleep(0.1)
         assert job.status_code == 202, job.text
         params = svc.store.get(job.json()["id"]).params
+        # Only the parameters matter here: cancel, so shutdown does not wait out the preset's steps.
+        assert svc.client.delete(f"/v1/jobs/{job.json()['id']}", headers=svc.h()).status_code == 200
 
     model = str(shipped_base_dir())
     written = _train_yaml_written(svc, params, model, monkeypatch)
