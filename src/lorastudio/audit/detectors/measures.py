@@ -3,9 +3,9 @@
 - white balance: one signed estimate per axis (warm/cool, green/magenta) from the
   illuminant seen on bright, unclipped pixels, refined on the cluster of pixels that share
   its chroma (the neutrals under the cast, wherever the cast moved them); NaN when that
-  estimate and a shades-of-grey estimate of the whole frame point opposite ways, and on the
-  green/magenta axis also when the subject reads as a neutral plate of another tint (a pink
-  or green backdrop taken for the illuminant);
+  estimate and a shades-of-grey estimate of the whole frame point opposite ways, or when the
+  subject reads as a neutral plate of another cast or tint (a pink, green or tinted grey
+  backdrop taken for the illuminant); where the plate agrees, the weaker of the two readings;
 - backdrop texture: band-pass energy of the border at three scales (after a smooth
   surface fit removes gradients and falloff), relative to the local level and with the
   sensor-noise floor taken out, as a median over border tiles so a dish reaching the
@@ -37,10 +37,14 @@ TILE = 8
 MAX_CAST = 0.55  # |log(R/B)| of the strongest white-balance error a photo plausibly has
 CLIPPING_CAST = 0.15  # |log(R/B)| above which the green/magenta reading is not trusted
 SUBJECT_WB_TOLERANCE = 0.08  # how far the subject's white-balance reading may sit from the frame's
-MAX_TINT = 0.4  # |green - magenta| of the strongest tint a photo plausibly has
+MAX_TINT = 0.34  # |green - magenta| of the strongest tint a photo plausibly has
 PLATE_U_TOLERANCE = 0.15  # a subject reading this close to the frame's warm/cool one is a neutral plate
 PLATE_CLIPPED = 0.1  # share of clipped subject pixels above which its chroma is not read
-SOG_MIN_TINT = 0.04  # the least tint the shades-of-grey reading must show to confirm the frame's
+PLATE_SPREAD = 0.12  # interquartile range of a plate's warm/cool reading: one uniform surface
+PLATE_DISAGREE = 0.06  # frame and plate readings of opposite sign beyond this: cannot tell
+UNIFORM_SPREAD = 0.2  # a subject this uniform reading the opposite cast to the frame's: cannot tell
+PLATE_MAX_CAST = 0.65  # the strongest cast a uniform, unclipped plate may show (MAX_CAST plus a WB error)
+SOG_MIN_TINT = 0.065  # the least tint the shades-of-grey reading must show to confirm the frame's
 TYPICAL_RANGE = 0.6  # p95 - p5 luminance of an ordinary dish photo; texture is scaled to it
 NOISE_CAP = 0.012  # rms of the finest band; JPEG photos at THUMB px stay under it
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -99,27 +103,80 @@ def _green_magenta(u: np.ndarray, v: np.ndarray, unclipped: np.ndarray, lum: np.
     return float(np.median(v[near])) if near.mean() >= 0.02 else NAN
 
 
+def _with_plate(frame: float, plate: float) -> float:
+    """The frame's reading once a neutral plate has witnessed it: the weaker of the two when
+    they point the same way (a white or grey backdrop carries its own tint, as large as a
+    weak cast, which the plate under the same light does not show), NaN when they point
+    opposite ways beyond what a backdrop's own tint explains."""
+    if frame * plate >= 0:
+        return frame if abs(frame) <= abs(plate) else plate
+    return NAN if max(abs(frame), abs(plate)) > PLATE_DISAGREE else (frame if abs(frame) <= abs(plate) else plate)
+
+
+def _plate(subj_u: float, u0: float, subj_clipped: float) -> bool:
+    """Whether the subject's reading is a neutral plate: little of it clipped and not warmer
+    than the frame's reference (food reads far warmer; a warm table taken for the reference
+    reads far warmer than the plate under it). NaN compares False."""
+    return subj_u <= u0 + PLATE_U_TOLERANCE and subj_clipped <= PLATE_CLIPPED
+
+
 def _green_magenta_verdict(v0: float, sv: float, u0: float, subj_u: float, subj_v: float, subj_clipped: float) -> float:
     """The green/magenta estimate `v0` once its witnesses agree, NaN ("cannot tell") otherwise.
 
     - a tint stronger than any grade gives is a coloured surface read as the illuminant;
     - under a strong warm or cool cast a channel clips on every bright neutral and what is
-      left tilts the reading;
-    - the shades-of-grey reading of the whole frame must not point the other way;
-    - where the subject's reading is a neutral plate (its warm/cool reading matches the
-      frame's and little of it is clipped), it must agree with the frame's: a pink or green
-      backdrop brighter than the plate is otherwise taken for the illuminant. Where the
-      subject reads as food or is clipped, the frame's tint must show in the shades-of-grey
-      reading too.
+      left tilts the reading (the cast's strength read on the plate where there is one, so a
+      warm table taken for the reference does not count as a cast);
+    - where the subject's reading is a neutral plate it is the second witness (`_with_plate`):
+      a pink, green or tinted grey backdrop is otherwise taken for the illuminant (and a large
+      coloured backdrop pulls the shades-of-grey reading, so that one is not asked then).
+      Where the subject reads as food or is clipped, the shades-of-grey reading of the whole
+      frame must show the same tint, clearly (SOG_MIN_TINT: a tinted backdrop filling the
+      frame shows a little of its own).
     """
-    if not math.isfinite(v0) or abs(v0) > MAX_TINT or abs(u0) > CLIPPING_CAST:
+    plate = _plate(subj_u, u0, subj_clipped)
+    strength = min(abs(u0), abs(subj_u)) if plate else abs(u0)
+    if not math.isfinite(v0) or abs(v0) > MAX_TINT or not strength <= CLIPPING_CAST:
         return NAN
+    if plate:
+        return _with_plate(v0, subj_v)
     if v0 * sv < 0 and min(abs(v0), abs(sv)) > 0.06:
         return NAN
-    plate = abs(subj_u - u0) <= PLATE_U_TOLERANCE and subj_clipped <= PLATE_CLIPPED  # NaN compares False
-    if plate:
-        return v0 if abs(subj_v - v0) <= SUBJECT_WB_TOLERANCE else NAN
     return v0 if v0 * sv > 0 and abs(sv) >= SOG_MIN_TINT else NAN
+
+
+def _warm_cool_verdict(u0: float, su: float, subj_u: float, subj_clipped: float, subj_spread: float) -> float:
+    """The warm/cool estimate `u0` once its witnesses agree, NaN ("cannot tell") otherwise.
+
+    - the frame's and the shades-of-grey estimates must not point opposite ways (a bright
+      coloured object read as the illuminant shows up as exactly that disagreement), unless
+      a neutral plate reads the frame's cast (a red or blue backdrop pulls the whole frame);
+    - where the subject reads as a neutral plate it is a second witness (`_with_plate`); a
+      uniform subject reading the opposite cast, within a cast's range, makes it cannot tell;
+    - a frame reading stronger than any grade (MAX_CAST), or a subject reading much cooler
+      than the frame, means the frame's reference was a warm surface, not a neutral: the
+      plate's own reading is then the estimate if it is unclipped, uniform (one plate, not
+      a bowl rim, food and table mixed), plausible as a cast and agrees in sign with the
+      shades-of-grey reading; otherwise cannot tell.
+    """
+    # A plate that reads the frame's cast outweighs a shades-of-grey reading pulled the other
+    # way by a large coloured backdrop.
+    plate_agrees = _plate(subj_u, u0, subj_clipped) and u0 * subj_u > 0 and abs(subj_u - u0) <= SUBJECT_WB_TOLERANCE
+    if not math.isfinite(u0) or (u0 * su < 0 and min(abs(u0), abs(su)) > 0.08 and not plate_agrees):
+        return NAN
+    warm_surface = subj_u < u0 - SUBJECT_WB_TOLERANCE - 0.02
+    # A uniform subject reading the opposite cast, within what a neutral under a cast reads
+    # (food reads far warmer than any cast), is a neutral the frame's reference disagrees with.
+    uniform_against = (subj_spread <= UNIFORM_SPREAD and u0 * subj_u < 0 and min(abs(u0), abs(subj_u)) > 0.15
+                       and abs(subj_u) <= MAX_CAST)
+    if abs(u0) <= MAX_CAST and not warm_surface:
+        if _plate(subj_u, u0, subj_clipped):
+            return _with_plate(u0, subj_u)
+        return NAN if uniform_against else u0
+    if (subj_clipped <= PLATE_CLIPPED and subj_spread <= PLATE_SPREAD and abs(subj_u) <= PLATE_MAX_CAST
+            and subj_u * su > 0):
+        return subj_u
+    return NAN
 
 
 def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
@@ -129,7 +186,7 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     v = logc[..., 1] - (logc[..., 0] + logc[..., 2]) / 2
     valid = (rgb.min(axis=2) < 0.985) & (lum > 0.1)  # one clipped channel still shows the cast
     out = {"wb_rb": NAN, "wb_g": NAN, "wb_share": 0.0, "wb_sog_rb": NAN, "wb_sog_g": NAN, "wb_subj_rb": NAN,
-           "wb_subj_g": NAN}
+           "wb_subj_g": NAN, "wb_subj_spread": NAN}
     if valid.mean() < 0.05:
         return out
     bright = valid & (lum >= np.percentile(lum[valid], 90))
@@ -161,17 +218,11 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     if subj.sum() >= 20:
         top = subj & (lum >= np.percentile(lum[subj], 75))
         out["wb_subj_rb"], out["wb_subj_g"] = float(np.median(u[top])), float(np.median(v[top]))
-    # The two estimates must not point opposite ways: a bright coloured object read as
-    # the illuminant would show up as exactly that disagreement.
-    # A "cast" stronger than any grade gives is a coloured surface read as the illuminant
-    # (a light wooden table with no white plate in frame): cannot tell.
-    # The subject (plate, highlights, food, which only ever adds warmth) reading much cooler
-    # than the frame means the frame's reference was a warm surface, not a neutral.
-    warm_surface = out["wb_subj_rb"] < u0 - SUBJECT_WB_TOLERANCE - 0.02
-    out["wb_rb"] = (u0 if not (u0 * su < 0 and min(abs(u0), abs(su)) > 0.08) and abs(u0) <= MAX_CAST
-                    and not warm_surface else NAN)
-    out["wb_g"] = _green_magenta_verdict(v0, sv, u0, out["wb_subj_rb"], out["wb_subj_g"],
-                                         float((rgb[in_subject].max(axis=1) >= 0.985).mean()))
+        q25, q75 = np.percentile(u[top], [25, 75])
+        out["wb_subj_spread"] = float(q75 - q25)
+    subj_clipped = float((rgb[in_subject].max(axis=1) >= 0.985).mean())
+    out["wb_rb"] = _warm_cool_verdict(u0, su, out["wb_subj_rb"], subj_clipped, out["wb_subj_spread"])
+    out["wb_g"] = _green_magenta_verdict(v0, sv, u0, out["wb_subj_rb"], out["wb_subj_g"], subj_clipped)
     return out
 
 

@@ -68,7 +68,7 @@ THRESHOLDS: dict[str, tuple[str, float, float, int]] = {
     "desaturated": ("subj_chroma_rel", 0.29, 0.025, -1),
     "high_contrast_dark": ("subj_p02", 0.155, 0.015, -1), "high_contrast_spread": ("subj_spread", 0.8, 0.02, 1),
     "high_contrast_bright": ("subj_p98", 0.6, 0.03, 1),
-    "low_contrast_spread": ("subj_spread", 0.45, 0.03, -1), "low_contrast_dark": ("subj_p02", 0.3, 0.015, 1),
+    "low_contrast_spread": ("subj_spread", 0.4, 0.02, -1), "low_contrast_dark": ("subj_p02", 0.3, 0.015, 1),
     "low_contrast_bright": ("lum_p99", 0.8, 0.03, -1), "low_contrast_frame": ("lum_p01", 0.27, 0.015, 1),
     "vignette": ("vig_falloff", 0.4, 0.04, 1), "vignette_fit": ("vig_residual", 0.13, 0.01, -1),
 }
