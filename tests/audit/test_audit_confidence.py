@@ -257,6 +257,36 @@ def test_disagreeing_witnesses_make_cannot_tell_and_fix_writes_nothing(vocab):
     assert all("warm" not in c.after and "cool" not in c.after for c in changes)
 
 
+def test_an_undefined_measurement_counts_as_cannot_tell_not_as_unseen(vocab):
+    """Half the images confidently tinted, one confidently not, four measured but undefined
+    (NaN): the tint is in 50% of the assessed images, under the 60% contaminant threshold. Only
+    images the detector never measured drop out of the share."""
+    n = 10
+    ids = [f"i{k}" for k in range(n)]
+    tint = np.array([0.97] * 5 + [0.02] + [np.nan] * 4, np.float32)
+    measured = Evidence("pixel", ids, {"cast.green": tint}, looked=np.ones(n, bool))
+    _, rows = _rows(vocab, n, [measured])
+    row = next(r for r in rows if r.id == "cast.green")
+    assert (row.assessed, row.decided, row.present_rate, row.verdict) == (10, 6, 0.5, "ok")
+    unread = Evidence("pixel", ids, {"cast.green": tint}, looked=np.array([True] * 6 + [False] * 4))
+    _, rows = _rows(vocab, n, [unread])  # four files could not be read: the tint is in 5 of the other 6
+    row = next(r for r in rows if r.id == "cast.green")
+    assert (row.assessed, row.decided, row.verdict) == (6, 6, "contaminant") and row.present_rate > 0.8
+
+
+def test_pixel_detect_marks_every_measured_image_as_looked(tmp_path, vocab):
+    from lorastudio.audit.detectors import pixel
+
+    good = tmp_path / "a.jpg"
+    good.write_bytes(photolike.render_photo(photolike.PhotoSpec("linen", None, 11)))
+    bad = tmp_path / "b.jpg"
+    bad.write_bytes(b"not a jpeg")
+    ev = pixel.detect([good, bad], ["a", "b"], vocab)
+    assert ev.looked.tolist() == [True, False] and any("b: could not read image" in n for n in ev.notes)
+    calls = ev.calls("optics.shallow_dof")
+    assert np.isfinite(calls[0]) and np.isnan(calls[1])
+
+
 def test_opposites_both_present_become_cannot_tell(vocab):
     n = 3
     ids = [f"i{k}" for k in range(n)]

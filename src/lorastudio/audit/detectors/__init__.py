@@ -1,7 +1,9 @@
 """Detectors: what an image shows, as per-image probabilities for vocabulary attributes.
 
 Every detector returns an `Evidence`: for each attribute id it covers, one probability per
-image (NaN where it did not look). A probability is read as one of three calls:
+image (NaN where it did not look). A detector that measured an image but found the
+measurement undefined there (NaN too) says so in `looked`: that image is "cannot tell",
+assessed like any other, not skipped. A probability is read as one of three calls:
 
 - present: p >= `present_at` (the detector is confident the image shows it);
 - absent: p <= `absent_below` (confident it does not);
@@ -47,6 +49,9 @@ class Evidence:
     `absent_below` are the probabilities at which this detector's calls are confident.
     `details` holds, per attribute, a short per-image account of the measurement
     ("warm/cool axis +0.21 >= 0.12"), shown as the evidence for a `--fix` change.
+    `looked` marks the images the detector measured (None: every image with a probability);
+    a NaN probability on such an image is "cannot tell", so it stays in the denominator of
+    the contamination table instead of raising the share of images that show an attribute.
     """
 
     source: str
@@ -57,6 +62,7 @@ class Evidence:
     absent_below: float = ABSENT
     present_at: float = CONFIDENT
     details: dict[str, list[str]] = field(default_factory=dict)
+    looked: np.ndarray | None = None
 
     def covered(self) -> list[str]:
         """Attribute ids for which at least one image has a probability."""
@@ -70,7 +76,8 @@ class Evidence:
         p = np.asarray(probs, dtype=np.float64)
         tol = 1e-6  # probabilities are stored as float32: 0.9 must still read as 0.9
         out = np.where(p >= self.present_at - tol, SEEN, np.where(p <= self.absent_below + tol, NOT_SEEN, CANNOT_TELL))
-        return np.where(np.isfinite(p), out, np.nan)
+        unmeasured = np.nan if self.looked is None else np.where(self.looked, CANNOT_TELL, np.nan)
+        return np.where(np.isfinite(p), out, unmeasured)
 
     def detail(self, attr_id: str, index: int) -> str:
         """The measurement behind one image's probability, or '' when the detector gave none."""

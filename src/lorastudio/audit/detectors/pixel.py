@@ -222,6 +222,7 @@ def detect(paths: Sequence[Path], image_ids: Sequence[str], vocab, *, progress: 
     details = {attr_id: [""] * n for attr_id in ids.values()}
     unknown = [phrase for label, phrase in {**BG_COLOR_PHRASES, **OTHER_PHRASES}.items() if label not in ids]
     notes = [f"pixel: not checked, not in the vocabulary packs: {', '.join(unknown)}"] if unknown else []
+    looked = np.zeros(n, dtype=bool)  # measured: a NaN there is "cannot tell", not "not looked at"
     for i, path in enumerate(tqdm(paths, desc="pixel detectors", unit="img", disable=not progress)):
         try:
             feats = measure(load_thumbnail(path))
@@ -229,7 +230,8 @@ def detect(paths: Sequence[Path], image_ids: Sequence[str], vocab, *, progress: 
             notes.append(f"{image_ids[i]}: could not read image ({type(exc).__name__}: {exc})")
             continue
         scores, said = classify(feats), describe(feats)
+        looked[i] = True
         for label, attr_id in ids.items():
             probs[attr_id][i] = scores[label]
             details[attr_id][i] = f"{said[label]} (p={scores[label]:.2f})"
-    return Evidence("pixel", list(image_ids), probs, _named_by(vocab), notes, details=details)
+    return Evidence("pixel", list(image_ids), probs, _named_by(vocab), notes, details=details, looked=looked)
