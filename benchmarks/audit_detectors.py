@@ -20,7 +20,8 @@ the tuning split only. The held-out split's failures were looked at once (to cho
 fix, not thresholds), so the "fresh" split was added and run only after tuning was frozen.
 Fresh was then looked at in turn, so a fourth split, "final", was added before the next
 round changed any threshold and run once after it was frozen: quote held-out, fresh and
-final side by side, final as the untouched figure.
+final side by side, final as the untouched figure. "confirm" was added the same way once final had
+been run: a round that changes a detector after that quotes confirm as its untouched figure.
 
     .venv/bin/python benchmarks/audit_detectors.py            # tuning + held-out, 10 images a dataset
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split fresh
@@ -133,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10, help="images per dataset")
     parser.add_argument("--split", choices=["both", "all", *photolike.SPLIT_SEEDS], default="both",
-                        help="both: tuning and held-out; all: tuning, held-out and fresh (final only by name)")
+                        help="both: tuning and held-out; all: tuning, held-out and fresh (final and confirm only by name)")
     args = parser.parse_args()
     vocab = load_vocabulary(("food.korean",))
     groups = {"both": ["tuning", "held-out"], "all": ["tuning", "held-out", "fresh"]}

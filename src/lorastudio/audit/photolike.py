@@ -13,7 +13,8 @@ same layout as flat colour fields with no texture, noise or gradient (a drawing)
 first split the figures were quoted on, and after a round of tuning that looked at its
 failures it is no longer untouched; "fresh" is a split added after that round, run only once
 tuning is frozen. After the fresh split had been looked at too, "final" was added before the
-next round changed any threshold, and run once after that round was frozen. Everything is
+next round changed any threshold, and run once after that round was frozen; "confirm" was
+added after final's run in the same way, for the round after it. Everything is
 seeded; a spec always renders the same bytes.
 """
 
@@ -42,8 +43,10 @@ BACKDROPS = {  # name -> (rgb, attribute id)
 }
 # Seed bases. Each split's scene seeds are its base plus draws below 2**30, so "fresh" (whose
 # range starts past the other two's ends) never repeats a tuning or held-out scene, and
-# "final" (past the end of fresh's range, 3_000_000_019 + 2**30) never repeats any of them.
-SPLIT_SEEDS = {"tuning": 0, "held-out": 1_000_003, "fresh": 3_000_000_019, "final": 9_000_000_011}
+# "final" (past the end of fresh's range, 3_000_000_019 + 2**30) never repeats any of them;
+# nor does "confirm" (past final's end), added once final had been run.
+SPLIT_SEEDS = {"tuning": 0, "held-out": 1_000_003, "fresh": 3_000_000_019, "final": 9_000_000_011,
+               "confirm": 20_000_000_003}
 FOOD = [(0.55, 0.22, 0.10), (0.70, 0.40, 0.12), (0.62, 0.16, 0.12), (0.80, 0.62, 0.30), (0.45, 0.30, 0.18)]
 GARNISH = {"sesame": (0.93, 0.87, 0.70), "green_onion": (0.30, 0.62, 0.22), "chili": (0.80, 0.12, 0.08)}
 
