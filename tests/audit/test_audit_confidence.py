@@ -215,6 +215,21 @@ def test_blurred_linen_is_shallow_depth_of_field(tmp_path):
     assert sum(p >= 0.9 for p in probs) >= 3, probs
 
 
+
+def test_blurred_white_marble_is_shallow_depth_of_field(tmp_path):
+    """A blurred white marble keeps only faint soft veins (coarse variation a plain backdrop lacks):
+    it reads as shallow depth of field, while a sharp marble and a light plain backdrop never do."""
+    path = tmp_path / "scene.jpg"
+
+    def prob(background: str, look: str | None, seed: int) -> float:
+        path.write_bytes(photolike.render_photo(photolike.PhotoSpec(background, look, seed)))
+        return pixel.classify(measure(load_thumbnail(path)))["shallow_dof"]
+
+    blurred = [prob("marble", "shallow_dof", 7107 + seed) for seed in range(6)]
+    assert sum(p >= 0.9 for p in blurred) >= 4, blurred
+    for background in ("marble", "white", "grey"):
+        others = [prob(background, None, 7107 + seed) for seed in range(6)]
+        assert not any(p >= 0.9 for p in others), (background, others)
 def test_neutral_photolike_controls_give_no_contaminant(tmp_path, vocab):
     for name, specs, named in photolike.dataset_specs("held-out", n=5):
         if not name.startswith("neutral"):

@@ -14,7 +14,7 @@
   variation (a lens blur removes the first and keeps the second), with the subject's own
   fine detail as the in-focus reference; NaN when the background is plain (a flat backdrop
   cannot show a depth of field); `bg_coarse` is the border's coarse variation alone, which a
-  blurred surface keeps and a plain backdrop lacks;
+  blurred surface keeps and a plain backdrop lacks, and `bg_level` the border's median level;
 - background colour: the share of border pixels in each colour class;
 - key, contrast and saturation from the subject's own luminance and chroma (the middle of
   the frame, so a dark or bright backdrop is not a tonal look), low contrast also from the
@@ -277,9 +277,11 @@ def texture(lum: np.ndarray, border: np.ndarray, centre: np.ndarray) -> dict[str
             stats.append((f, m, c, level))
         rows.append(np.array(stats, dtype=np.float64).reshape(-1, 4))
     bt, ct = rows
-    out = {"noise": noise, "bg_texture": NAN, "bg_coarse": NAN, "subject_sharp": NAN, "bg_mid_coarse": NAN}
+    out = {"noise": noise, "bg_texture": NAN, "bg_coarse": NAN, "subject_sharp": NAN, "bg_mid_coarse": NAN,
+           "bg_level": NAN}
     if len(bt) == 0:
         return out
+    out["bg_level"] = float(np.median(bt[:, 3]))
     # Relative to the level, so a darkened wooden table keeps its grain; +0.06 keeps the
     # noise of near-black backdrops from reading as texture.
     tex = np.sqrt(bt[:, 1] ** 2 + 0.5 * bt[:, 2] ** 2) / (bt[:, 3] + 0.06)

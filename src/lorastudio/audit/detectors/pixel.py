@@ -63,6 +63,7 @@ THRESHOLDS: dict[str, tuple[str, float, float, int]] = {
     "colour": ("bg_share", 0.5, 0.15, 1),
     "dof_blurred": ("bg_mid_coarse", 0.34, 0.015, -1), "dof_sharp": ("bg_mid_coarse", 0.4, 0.03, -1),
     "dof_subject": ("subject_sharp", 0.3, 0.12, 1),
+    "dof_faint": ("bg_mid_coarse", 0.42, 0.02, -1),
     "high_key": ("subj_p10", 0.58, 0.03, 1), "low_key": ("subj_p98", 0.5, 0.03, -1),
     "saturated": ("subj_sat98", 0.95, 0.01, 1), "saturated_chroma": ("subj_chroma_rel", 0.5, 0.05, 1),
     "desaturated": ("subj_chroma_rel", 0.29, 0.025, -1),
@@ -79,6 +80,9 @@ SURFACE_GROUP = "surface"
 BLOWN, CRUSHED = 0.97, 0.03  # subject p98 and frame p01 luminance at which the tonal range is clipped
 COARSE_STRUCTURE = 0.016  # border coarse variation (per unit of level) above any plain backdrop's
 SOLID_SHARE = 0.75
+# A light surface whose coarse variation is faint (a blurred white marble keeps only soft veins)
+# but above a light plain backdrop's noise and JPEG floor.
+FAINT_LEVEL, FAINT_COARSE = 0.5, 0.0075
 COMPOUND = {
     "high_key": ("high_key",), "low_key": ("low_key",), "saturated": ("saturated", "saturated_chroma"),
     "low_contrast": ("low_contrast_spread", "low_contrast_dark", "low_contrast_bright", "low_contrast_frame"),
@@ -108,6 +112,17 @@ def _derived(f: dict[str, float]) -> dict[str, float]:
     g = dict(f)
     g["subj_spread"] = f["subj_p98"] - f["subj_p02"]
     return g
+
+
+def _faint_blur(g: dict[str, float], out: dict[str, float]) -> float:
+    """Shallow depth of field on a light surface with faint coarse variation: only a confident
+    "blurred" counts (its fine detail gone next to that variation), else "cannot tell". Not in a
+    vignetted, low- or high-key frame (a falloff leaves coarse variation, clipping removes detail)."""
+    light = g["bg_level"] >= FAINT_LEVEL and g["bg_coarse"] >= FAINT_COARSE
+    if not (light and out["vignette"] <= 0.1 and out["low_key"] <= 0.1 and out["high_key"] <= 0.1):
+        return float("nan")
+    p = _all(_test(g, "dof_subject"), _test(g, "dof_faint"))
+    return p if p >= 0.5 else float("nan")
 
 
 def classify(f: dict[str, float]) -> dict[str, float]:
@@ -155,7 +170,7 @@ def classify(f: dict[str, float]) -> dict[str, float]:
     structured = out["plain"] <= 0.1 or g["bg_coarse"] >= COARSE_STRUCTURE
     if not structured or not out["low_key"] <= 0.1:
         # Nothing a lens could blur, or a background so dark its detail is under the noise.
-        out["shallow_dof"] = float("nan")
+        out["shallow_dof"] = _faint_blur(g, out)
     if not out["high_contrast"] <= 0.1:
         out["saturated"] = float("nan")  # a contrast curve saturates colours too
     return out
