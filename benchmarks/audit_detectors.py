@@ -27,6 +27,7 @@ been run: a round that changes a detector after that quotes confirm as its untou
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split fresh
     .venv/bin/python benchmarks/audit_detectors.py --split all # tuning, held-out and fresh
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split final
+    .venv/bin/python benchmarks/audit_detectors.py --n 20 --split confirm   # the untouched split now
 """
 
 from __future__ import annotations

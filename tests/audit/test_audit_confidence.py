@@ -215,7 +215,6 @@ def test_blurred_linen_is_shallow_depth_of_field(tmp_path):
     assert sum(p >= 0.9 for p in probs) >= 3, probs
 
 
-
 def test_blurred_white_marble_is_shallow_depth_of_field(tmp_path):
     """A blurred white marble keeps only faint soft veins (coarse variation a plain backdrop lacks):
     it reads as shallow depth of field, while a sharp marble and a light plain backdrop never do."""
@@ -230,6 +229,8 @@ def test_blurred_white_marble_is_shallow_depth_of_field(tmp_path):
     for background in ("marble", "white", "grey"):
         others = [prob(background, None, 7107 + seed) for seed in range(6)]
         assert not any(p >= 0.9 for p in others), (background, others)
+
+
 def test_neutral_photolike_controls_give_no_contaminant(tmp_path, vocab):
     for name, specs, named in photolike.dataset_specs("held-out", n=5):
         if not name.startswith("neutral"):
@@ -290,8 +291,6 @@ def test_an_undefined_measurement_counts_as_cannot_tell_not_as_unseen(vocab):
 
 
 def test_pixel_detect_marks_every_measured_image_as_looked(tmp_path, vocab):
-    from lorastudio.audit.detectors import pixel
-
     good = tmp_path / "a.jpg"
     good.write_bytes(photolike.render_photo(photolike.PhotoSpec("linen", None, 11)))
     bad = tmp_path / "b.jpg"

@@ -108,9 +108,9 @@ def _with_plate(frame: float, plate: float) -> float:
     they point the same way (a white or grey backdrop carries its own tint, as large as a
     weak cast, which the plate under the same light does not show), NaN when they point
     opposite ways beyond what a backdrop's own tint explains."""
-    if frame * plate >= 0:
-        return frame if abs(frame) <= abs(plate) else plate
-    return NAN if max(abs(frame), abs(plate)) > PLATE_DISAGREE else (frame if abs(frame) <= abs(plate) else plate)
+    if frame * plate < 0 and max(abs(frame), abs(plate)) > PLATE_DISAGREE:
+        return NAN
+    return frame if abs(frame) <= abs(plate) else plate
 
 
 def _plate(subj_u: float, u0: float, subj_clipped: float) -> bool:
@@ -161,7 +161,8 @@ def _warm_cool_verdict(u0: float, su: float, subj_u: float, subj_clipped: float,
     """
     # A plate that reads the frame's cast outweighs a shades-of-grey reading pulled the other
     # way by a large coloured backdrop.
-    plate_agrees = _plate(subj_u, u0, subj_clipped) and u0 * subj_u > 0 and abs(subj_u - u0) <= SUBJECT_WB_TOLERANCE
+    plate = _plate(subj_u, u0, subj_clipped)
+    plate_agrees = plate and u0 * subj_u > 0 and abs(subj_u - u0) <= SUBJECT_WB_TOLERANCE
     if not math.isfinite(u0) or (u0 * su < 0 and min(abs(u0), abs(su)) > 0.08 and not plate_agrees):
         return NAN
     warm_surface = subj_u < u0 - SUBJECT_WB_TOLERANCE - 0.02
@@ -170,7 +171,7 @@ def _warm_cool_verdict(u0: float, su: float, subj_u: float, subj_clipped: float,
     uniform_against = (subj_spread <= UNIFORM_SPREAD and u0 * subj_u < 0 and min(abs(u0), abs(subj_u)) > 0.15
                        and abs(subj_u) <= MAX_CAST)
     if abs(u0) <= MAX_CAST and not warm_surface:
-        if _plate(subj_u, u0, subj_clipped):
+        if plate:
             return _with_plate(u0, subj_u)
         return NAN if uniform_against else u0
     if (subj_clipped <= PLATE_CLIPPED and subj_spread <= PLATE_SPREAD and abs(subj_u) <= PLATE_MAX_CAST
