@@ -15,6 +15,8 @@
   fine detail as the in-focus reference; NaN when the background is plain (a flat backdrop
   cannot show a depth of field); `bg_coarse` is the border's coarse variation alone, which a
   blurred surface keeps and a plain backdrop lacks, and `bg_level` the border's median level;
+  `bg_detail` is that 1-4 px band per unit of level and tonal range on its own. The same
+  measures on the DETAIL px image (`dt_*`) are a second witness that sees finer texture;
 - background colour: the share of border pixels in each colour class;
 - key, contrast and saturation from the subject's own luminance and chroma (the middle of
   the frame, so a dark or bright backdrop is not a tonal look), low contrast also from the
@@ -31,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 THUMB = 128
+# Depth of field is also read on a larger thumbnail: at THUMB px a sharp fine weave is
+# already averaged away, and a lens blur shrinks to a pixel or two.
+DETAIL = 256
 MIN_SIDE = 16
 BORDER = 0.12  # border band width, as a share of the shorter side
 TILE = 8
@@ -43,6 +48,7 @@ PLATE_CLIPPED = 0.1  # share of clipped subject pixels above which its chroma is
 PLATE_SPREAD = 0.12  # interquartile range of a plate's warm/cool reading: one uniform surface
 PLATE_DISAGREE = 0.06  # frame and plate readings of opposite sign beyond this: cannot tell
 UNIFORM_SPREAD = 0.2  # a subject this uniform reading the opposite cast to the frame's: cannot tell
+VESSEL_GAP = 0.2  # a warm frame reading this much warmer than the subject's least warm tenth: cannot tell
 PLATE_MAX_CAST = 0.65  # the strongest cast a uniform, unclipped plate may show (MAX_CAST plus a WB error)
 SOG_MIN_TINT = 0.065  # the least tint the shades-of-grey reading must show to confirm the frame's
 TYPICAL_RANGE = 0.6  # p95 - p5 luminance of an ordinary dish photo; texture is scaled to it
@@ -51,22 +57,39 @@ MAX_FILE_BYTES = 200 * 1024 * 1024
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 COLOURS = ("black", "white", "grey", "red", "brown", "blue", "green")
 NAN = float("nan")
+# The depth-of-field witness read on the DETAIL px image, under these names.
+DETAIL_MEASURES = {"bg_detail": "dt_detail", "bg_mid_coarse": "dt_mid_coarse", "bg_coarse": "dt_coarse",
+                   "bg_level": "dt_level"}
 
 
-def load_thumbnail(path: Path, side: int = THUMB) -> np.ndarray:
-    """Decode an image safely and return an RGB float32 array in [0, 1], at most `side` px a side."""
-    from PIL import Image
-
+def _decode(path: Path, side: int):
     from lorastudio.data.images import DecodeLimits, decode_image
 
     path = Path(path)
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise ValueError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES} byte limit")
-    decoded = decode_image(path.read_bytes(), DecodeLimits(), need=lambda w, h: (min(w, side * 2), min(h, side * 2)))
-    im = decoded.image
+    return decode_image(path.read_bytes(), DecodeLimits(), need=lambda w, h: (min(w, side * 2), min(h, side * 2))).image
+
+
+def _as_array(im, side: int) -> np.ndarray:
+    from PIL import Image
+
+    im = im.copy()
     im.thumbnail((side, side), Image.BILINEAR)
     return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def load_thumbnail(path: Path, side: int = THUMB) -> np.ndarray:
+    """Decode an image safely and return an RGB float32 array in [0, 1], at most `side` px a side."""
+    return _as_array(_decode(path, side), side)
+
+
+def load_pair(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The image decoded once (safely) as the THUMB px thumbnail most measures read and the
+    DETAIL px one the depth-of-field measures read: `measure(*load_pair(path))`."""
+    im = _decode(path, DETAIL)
+    return _as_array(im, THUMB), _as_array(im, DETAIL)
 
 
 def box_blur(a: np.ndarray, r: int) -> np.ndarray:
@@ -187,7 +210,7 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     v = logc[..., 1] - (logc[..., 0] + logc[..., 2]) / 2
     valid = (rgb.min(axis=2) < 0.985) & (lum > 0.1)  # one clipped channel still shows the cast
     out = {"wb_rb": NAN, "wb_g": NAN, "wb_share": 0.0, "wb_sog_rb": NAN, "wb_sog_g": NAN, "wb_subj_rb": NAN,
-           "wb_subj_g": NAN, "wb_subj_spread": NAN}
+           "wb_subj_g": NAN, "wb_subj_spread": NAN, "wb_subj_low": NAN}
     if valid.mean() < 0.05:
         return out
     bright = valid & (lum >= np.percentile(lum[valid], 90))
@@ -212,8 +235,9 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     sv = math.log(sog[1] + 0.02) - (math.log(sog[0] + 0.02) + math.log(sog[2] + 0.02)) / 2
     out.update(wb_share=share, wb_sog_rb=su, wb_sog_g=sv)
     # A third reading from the subject: the brightest unclipped pixels in the middle of the
-    # frame are the plate or a highlight. A tinted backdrop brighter than the plate would
-    # otherwise pass for the illuminant; when the two readings differ, cannot tell.
+    # frame are the plate or a highlight (its least warm tenth is the vessel). A tinted
+    # backdrop brighter than the plate would otherwise pass for the illuminant; when the two
+    # readings differ, cannot tell.
     in_subject = subject_mask(*lum.shape)
     subj = in_subject & valid & (rgb.max(axis=2) < 0.985)
     if subj.sum() >= 20:
@@ -221,8 +245,13 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
         out["wb_subj_rb"], out["wb_subj_g"] = float(np.median(u[top])), float(np.median(v[top]))
         q25, q75 = np.percentile(u[top], [25, 75])
         out["wb_subj_spread"] = float(q75 - q25)
+        out["wb_subj_low"] = float(np.percentile(u[subj], 10))
     subj_clipped = float((rgb[in_subject].max(axis=1) >= 0.985).mean())
-    out["wb_rb"] = _warm_cool_verdict(u0, su, out["wb_subj_rb"], subj_clipped, out["wb_subj_spread"])
+    wb_rb = _warm_cool_verdict(u0, su, out["wb_subj_rb"], subj_clipped, out["wb_subj_spread"])
+    # A warm estimate far warmer than the least warm tenth of the subject (the vessel, which a
+    # cast tints as much as anything; food reads warmer still) took a warm surface for the
+    # neutral: a light wooden table under a cool cast, a grey bowl darker than the table.
+    out["wb_rb"] = NAN if wb_rb > 0 and wb_rb - out["wb_subj_low"] > VESSEL_GAP else wb_rb
     out["wb_g"] = _green_magenta_verdict(v0, sv, u0, out["wb_subj_rb"], out["wb_subj_g"], subj_clipped)
     return out
 
@@ -245,15 +274,10 @@ def _fit_smooth(lum: np.ndarray, region: np.ndarray) -> np.ndarray:
     return fit
 
 
-def _tiles(mask: np.ndarray, min_share: float = 0.75) -> list[tuple[slice, slice]]:
-    """Tiles of TILE px lying (mostly) inside `mask`."""
-    h, w = mask.shape
-    out = []
-    for y in range(0, h - TILE + 1, TILE):
-        for x in range(0, w - TILE + 1, TILE):
-            if mask[y : y + TILE, x : x + TILE].mean() >= min_share:
-                out.append((slice(y, y + TILE), slice(x, x + TILE)))
-    return out
+def _tile_means(a: np.ndarray) -> np.ndarray:
+    """Mean of `a` over each whole TILE x TILE tile, tiles laid from the top-left corner."""
+    ny, nx = a.shape[0] // TILE, a.shape[1] // TILE
+    return a[: ny * TILE, : nx * TILE].reshape(ny, TILE, nx, TILE).mean(axis=(1, 3), dtype=np.float64)
 
 
 def texture(lum: np.ndarray, border: np.ndarray, centre: np.ndarray) -> dict[str, float]:
@@ -262,24 +286,19 @@ def texture(lum: np.ndarray, border: np.ndarray, centre: np.ndarray) -> dict[str
     fit = _fit_smooth(lum, border)
     s1, s4 = box_blur(lum, 1), box_blur(lum, 4)
     fine, mid, coarse = lum - s1, s1 - s4, s4 - fit
-    everywhere = _tiles(np.ones_like(border))
-    fine_rms = np.array([float(np.sqrt((fine[t] ** 2).mean())) for t in everywhere])
+    fine2, mid2, coarse2 = _tile_means(fine**2), _tile_means(mid**2), _tile_means(coarse**2)
+    fine_rms = np.sqrt(fine2).ravel()
     # The flattest tiles show the sensor noise; capped, because a surface with fine grain
     # everywhere has no flat tile, and its grain is texture, not noise.
     noise = min(float(np.percentile(fine_rms, 5)), NOISE_CAP) if len(fine_rms) else 0.0
-    rows = []
-    for tiles in (_tiles(border), _tiles(centre)):
-        stats = []
-        for t in tiles:
-            level = float(np.abs(fit[t]).mean())
-            f = float(np.sqrt(max((fine[t] ** 2).mean() - noise**2, 0.0)))
-            m = float(np.sqrt(max((mid[t] ** 2).mean() - (0.45 * noise) ** 2, 0.0)))
-            c = float(np.sqrt((coarse[t] ** 2).mean()))
-            stats.append((f, m, c, level))
-        rows.append(np.array(stats, dtype=np.float64).reshape(-1, 4))
+    level = _tile_means(np.abs(fit))
+    per_tile = np.stack([np.sqrt(np.maximum(fine2 - noise**2, 0.0)),
+                         np.sqrt(np.maximum(mid2 - (0.45 * noise) ** 2, 0.0)), np.sqrt(coarse2), level], axis=-1)
+    # Tiles lying (mostly) inside the border band, and inside the centre box.
+    rows = [per_tile[_tile_means(mask.astype(np.float32)) >= 0.75] for mask in (border, centre)]
     bt, ct = rows
     out = {"noise": noise, "bg_texture": NAN, "bg_coarse": NAN, "subject_sharp": NAN, "bg_mid_coarse": NAN,
-           "bg_level": NAN}
+           "bg_level": NAN, "bg_detail": NAN}
     if len(bt) == 0:
         return out
     out["bg_level"] = float(np.median(bt[:, 3]))
@@ -296,6 +315,9 @@ def texture(lum: np.ndarray, border: np.ndarray, centre: np.ndarray) -> dict[str
     varied = bt[:, 2] > 0.004
     detail = np.sqrt(bt[:, 0] ** 2 + bt[:, 1] ** 2)
     out["bg_mid_coarse"] = float(np.median(detail[varied] / bt[varied, 2])) if varied.sum() >= 3 else NAN
+    # The same 1-4 px detail per unit of level and tonal range, on its own: a lens blur leaves
+    # next to none above the noise, whatever the surface's coarse variation.
+    out["bg_detail"] = float(np.median(detail / (bt[:, 3] + 0.06))) * TYPICAL_RANGE / max(tonal, TYPICAL_RANGE / 2)
     # The in-focus reference: the subject's sharpest tiles keep fine detail next to mid.
     if len(ct):
         sc = ct[:, 1] > max(3.0 * noise * 0.45, 0.004)
@@ -378,8 +400,10 @@ def radial_falloff(lum: np.ndarray) -> tuple[float, float]:
     return float(-coef[3]), float(np.median(res[outside]))
 
 
-def measure(rgb: np.ndarray) -> dict[str, float]:
-    """Every statistic the classifiers use, from an RGB float image in [0, 1]."""
+def measure(rgb: np.ndarray, detail: np.ndarray | None = None) -> dict[str, float]:
+    """Every statistic the classifiers use, from an RGB float image in [0, 1] (a THUMB px
+    thumbnail) and, for the depth-of-field witness (the `dt_` measures, NaN without it), the
+    same image at DETAIL px (`detail`, as `load_pair` gives both)."""
     h, w, _ = rgb.shape
     if min(h, w) < MIN_SIDE:
         raise ValueError(f"image is {w}x{h}; the pixel detectors need at least {MIN_SIDE} px a side")
@@ -391,6 +415,11 @@ def measure(rgb: np.ndarray) -> dict[str, float]:
     feats.update(white_balance(rgb, lum))
     feats.update(subject_tones(rgb, lum))
     feats.update(texture(lum, border, centre))
+    feats.update(dict.fromkeys(DETAIL_MEASURES.values(), NAN))
+    if detail is not None:
+        lum_d = detail.astype(np.float32) @ LUMA
+        sharp = texture(lum_d, *masks(*lum_d.shape))
+        feats.update({name: sharp[key] for key, name in DETAIL_MEASURES.items()})
     classes = colour_classes(rgb[border])
     for k, name in enumerate(COLOURS):
         feats[f"bg_{name}"] = float((classes == k).mean())

@@ -1,7 +1,8 @@
 """Pixel detectors that need no model: background, exposure key, cast, grade, optics.
 
 Each image is decoded (with the size limits of `lorastudio.data.images`) to a thumbnail
-of at most THUMB pixels a side and measured (`measures.measure`). Every attribute comes
+of at most THUMB pixels a side, and one of DETAIL pixels for a second depth-of-field
+witness, and measured (`measures.measure`). Every attribute comes
 from one measured value compared with one threshold, through a soft step, so:
 
 - opposite attributes read the two ends of one signed value (warm and cool are the two
@@ -25,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from lorastudio.audit.detectors import Evidence
-from lorastudio.audit.detectors.measures import COLOURS, MAX_FILE_BYTES, THUMB, load_thumbnail, measure
+from lorastudio.audit.detectors.measures import (COLOURS, DETAIL, MAX_FILE_BYTES, THUMB, load_pair, load_thumbnail,
+                                                measure)
 
 __all__ = ["MAX_FILE_BYTES", "THUMB", "THRESHOLDS", "classify", "describe", "detect", "label_ids",
-           "load_thumbnail", "measure"]
+           "load_pair", "load_thumbnail", "measure"]
 
 # What the detector can say, as canonical vocabulary phrases; resolved to ids with
 # `Vocabulary.match` so renamed ids in a pack do not silently break the detector.
@@ -64,6 +66,14 @@ THRESHOLDS: dict[str, tuple[str, float, float, int]] = {
     "dof_blurred": ("bg_mid_coarse", 0.34, 0.015, -1), "dof_sharp": ("bg_mid_coarse", 0.4, 0.03, -1),
     "dof_subject": ("subject_sharp", 0.3, 0.12, 1),
     "dof_faint": ("bg_mid_coarse", 0.42, 0.02, -1),
+    # The DETAIL px witness: clearly sharp above dt_sharp; blurred below dt_blurred_* with its
+    # detail/coarse ratio under dt_ratio_* and coarse variation of at least dt_coarse_* (light,
+    # dark background).
+    "dt_sharp": ("dt_detail", 0.03, 0.003, 1),
+    "dt_blurred_light": ("dt_detail", 0.015, 0.001, -1), "dt_ratio_light": ("dt_mid_coarse", 0.5, 0.02, -1),
+    "dt_coarse_light": ("dt_coarse", 0.0075, 0.0005, 1),
+    "dt_blurred_dark": ("dt_detail", 0.018, 0.001, -1), "dt_ratio_dark": ("dt_mid_coarse", 0.8, 0.03, -1),
+    "dt_coarse_dark": ("dt_coarse", 0.012, 0.001, 1),
     "high_key": ("subj_p10", 0.58, 0.03, 1), "low_key": ("subj_p98", 0.5, 0.03, -1),
     "saturated": ("subj_sat98", 0.95, 0.01, 1), "saturated_chroma": ("subj_chroma_rel", 0.5, 0.05, 1),
     "desaturated": ("subj_chroma_rel", 0.29, 0.025, -1),
@@ -125,6 +135,22 @@ def _faint_blur(g: dict[str, float], out: dict[str, float]) -> float:
     return p if p >= 0.5 else float("nan")
 
 
+def _detail_witness(g: dict[str, float], out: dict[str, float], p: float) -> float:
+    """Depth of field once the DETAIL px image has witnessed it. At THUMB px a fine sharp
+    weave is already averaged away and reads as blurred: where the finer image shows clear
+    detail, a confident "shallow" becomes cannot tell. Where THUMB px cannot tell, the finer
+    image decides when it is confident: next to no detail, little against the surface's coarse
+    variation, and coarse variation a plain backdrop lacks; not in a vignetted, low- or
+    high-key frame, as in `_faint_blur`."""
+    if p >= 0.9:
+        return float("nan") if _test(g, "dt_sharp") >= 0.5 else p
+    if p <= 0.1 or not (out["vignette"] <= 0.1 and out["low_key"] <= 0.1 and out["high_key"] <= 0.1):
+        return p
+    side = "light" if g.get("dt_level", float("nan")) >= FAINT_LEVEL else "dark"
+    witness = _all(_test(g, "dof_subject"), *(_test(g, f"dt_{k}_{side}") for k in ("blurred", "ratio", "coarse")))
+    return witness if witness >= 0.9 else p
+
+
 def classify(f: dict[str, float]) -> dict[str, float]:
     """Detector label -> probability that the image shows it (NaN: cannot tell)."""
     g = _derived(f)
@@ -171,6 +197,7 @@ def classify(f: dict[str, float]) -> dict[str, float]:
     if not structured or not out["low_key"] <= 0.1:
         # Nothing a lens could blur, or a background so dark its detail is under the noise.
         out["shallow_dof"] = _faint_blur(g, out)
+    out["shallow_dof"] = _detail_witness(g, out, out["shallow_dof"])
     if not out["high_contrast"] <= 0.1:
         out["saturated"] = float("nan")  # a contrast curve saturates colours too
     return out
@@ -193,7 +220,9 @@ def describe(f: dict[str, float]) -> dict[str, str]:
         out[label] = ", ".join(one(k) for k in keys)
     out["high_contrast"] = (f"{one('high_contrast_dark')} or {one('high_contrast_spread')}, "
                             f"{one('high_contrast_bright')}")
-    out["shallow_dof"] += f", {one('dof_blurred')}"
+    side = "light" if g.get("dt_level", float("nan")) >= FAINT_LEVEL else "dark"
+    out["shallow_dof"] += (f", {one('dof_blurred')}; at {DETAIL} px: {one('dt_sharp')} is sharp, "
+                           + ", ".join(one(f"dt_{k}_{side}") for k in ("blurred", "ratio", "coarse")) + " is blurred")
     return out
 
 
@@ -240,7 +269,7 @@ def detect(paths: Sequence[Path], image_ids: Sequence[str], vocab, *, progress: 
     looked = np.zeros(n, dtype=bool)  # measured: a NaN there is "cannot tell", not "not looked at"
     for i, path in enumerate(tqdm(paths, desc="pixel detectors", unit="img", disable=not progress)):
         try:
-            feats = measure(load_thumbnail(path))
+            feats = measure(*load_pair(path))
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the audit
             notes.append(f"{image_ids[i]}: could not read image ({type(exc).__name__}: {exc})")
             continue
