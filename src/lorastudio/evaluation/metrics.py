@@ -79,6 +79,7 @@ def training_images(run_cfg: dict[str, Any], limit: int = MAX_TRAIN_IMAGES) -> t
     """Decoded training images of the run's datasets (safe decoder, paths kept inside each dataset)."""
     from PIL import Image
 
+    from lorastudio.audit.detectors.measures import DETAIL
     from lorastudio.audit.detectors.pixel import load_thumbnail
     from lorastudio.data.manifest import read_manifest
 
@@ -93,16 +94,18 @@ def training_images(run_cfg: dict[str, Any], limit: int = MAX_TRAIN_IMAGES) -> t
             # A manifest entry must not reach outside its dataset folder.
             if not path.is_relative_to(root) or not path.is_file() or len(images) >= limit:
                 continue
-            thumb = load_thumbnail(path, side=128)
+            thumb = load_thumbnail(path, side=DETAIL)  # what the depth-of-field witness reads
             images.append(Image.fromarray((thumb * 255).round().astype(np.uint8)))
     return images, roots
 
 
 def detect_attributes(images: Sequence[Any]) -> dict[str, np.ndarray]:
-    """Pixel-detector label -> per-image probability (NaN where it cannot tell)."""
+    """Pixel-detector label -> per-image probability (NaN where it cannot tell), each image
+    measured at the scales `lorastudio audit` measures at, whatever its own size."""
+    from lorastudio.audit.detectors.measures import pair_from_image
     from lorastudio.audit.detectors.pixel import classify, measure
 
-    rows = [classify(measure(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)) for im in images]
+    rows = [classify(measure(*pair_from_image(im))) for im in images]
     labels = list(rows[0]) if rows else []
     return {label: np.array([r[label] for r in rows], dtype=np.float32) for label in labels}
 

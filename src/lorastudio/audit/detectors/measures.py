@@ -75,7 +75,7 @@ def _decode(path: Path, side: int):
 def _as_array(im, side: int) -> np.ndarray:
     from PIL import Image
 
-    im = im.copy()
+    im = im.convert("RGB") if im.mode != "RGB" else im.copy()
     im.thumbnail((side, side), Image.BILINEAR)
     return np.asarray(im, dtype=np.float32) / 255.0
 
@@ -85,11 +85,16 @@ def load_thumbnail(path: Path, side: int = THUMB) -> np.ndarray:
     return _as_array(_decode(path, side), side)
 
 
-def load_pair(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The image decoded once (safely) as the THUMB px thumbnail most measures read and the
-    DETAIL px one the depth-of-field measures read: `measure(*load_pair(path))`."""
-    im = _decode(path, DETAIL)
+def pair_from_image(im) -> tuple[np.ndarray, np.ndarray]:
+    """A decoded PIL image as the THUMB px thumbnail most measures read and the DETAIL px one
+    the depth-of-field witness reads: `measure(*pair_from_image(im))`, at the scales the
+    thresholds were set at, whatever the image's own size."""
     return _as_array(im, THUMB), _as_array(im, DETAIL)
+
+
+def load_pair(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`pair_from_image` of an image file, decoded once (safely)."""
+    return pair_from_image(_decode(path, DETAIL))
 
 
 def box_blur(a: np.ndarray, r: int) -> np.ndarray:
