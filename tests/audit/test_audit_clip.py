@@ -93,24 +93,26 @@ LOOK_IDS = {"warm": "cast.warm", "cool": "cast.cool"}
 
 
 def _look_dataset(root: Path, vocab, look: str) -> Path:
-    """3 of 4 images with `look` planted (unnamed in the captions), on a named grey backdrop."""
+    """6 of 10 images with `look` planted (unnamed in the captions), on a named grey backdrop:
+    enough images that a look in 60% of them cannot be a style constant (see
+    `contamination.share_upper_bound`), so without CLIP it is a contaminant."""
     import audit_scenes as scenes
 
-    specs = [scenes.SceneSpec(bg="grey", effects=(look,), seed=s) for s in range(3)]
-    specs.append(scenes.SceneSpec(bg="grey", seed=3))
+    specs = [scenes.SceneSpec(bg="grey", effects=(look,), seed=s) for s in range(6)]
+    specs += [scenes.SceneSpec(bg="grey", seed=s) for s in range(6, 10)]
     return scenes.write_dataset(root, scenes.DatasetSpec(f"{look}_look", specs, {LOOK_IDS[look]}), vocab)
 
 
 def _disputed_look(tmp_path, vocab, model: str) -> tuple[str, Path]:
-    """The look (warm or cool) the pixels see in all 3 planted images and the CLIP says is absent there."""
+    """The look (warm or cool) the pixels see in all 6 planted images and the CLIP says is absent there."""
     from lorastudio.audit.detectors import NOT_SEEN, SEEN, pixel
 
     for look, attr in LOOK_IDS.items():
         ds = _look_dataset(tmp_path, vocab, look)
         paths = sorted((ds / "images").glob("*.png"))
         ids = [p.stem for p in paths]
-        pixel_calls = pixel.detect(paths, ids, vocab).calls(attr)[:3]
-        clip_calls = clip.detect(ds, paths, ids, vocab, model).calls(attr)[:3]
+        pixel_calls = pixel.detect(paths, ids, vocab).calls(attr)[:6]
+        clip_calls = clip.detect(ds, paths, ids, vocab, model).calls(attr)[:6]
         assert (pixel_calls == SEEN).all(), (look, pixel_calls)
         if (clip_calls == NOT_SEEN).all():
             return look, ds
@@ -131,14 +133,14 @@ def test_clip_disagreeing_with_pixels_is_cannot_tell_and_fix_writes_nothing(tmp_
     attr = LOOK_IDS[look]
     phrase = vocab.by_id(attr).phrase
     alone = {r.id: r for r in audit_dataset(ds, vocab=vocab).contamination}
-    assert alone[attr].verdict == CONTAMINANT and alone[attr].present_rate == 0.75
+    assert alone[attr].verdict == CONTAMINANT and alone[attr].present_rate == 0.6
     dry = CliRunner().invoke(cli, ["audit", str(ds), "--fix", "-q"], catch_exceptions=False)
     assert f"adds {phrase}" in dry.output
 
     both = {r.id: r for r in audit_dataset(ds, vocab=vocab, model=str(sharp_clip)).contamination}
     row = both[attr]
     assert row.sources == ["pixel", f"clip:{sharp_clip}"]
-    assert row.present_rate == 0.0 and row.verdict != CONTAMINANT and row.decided <= 1
+    assert row.present_rate == 0.0 and row.verdict != CONTAMINANT and row.decided <= 4  # only the unplanted four
     # CLIP is the only witness for objects and garnish: the pixels do not look at them.
     garnish = [r for r in both.values() if r.group == "garnish"]
     assert garnish and all(r.sources == [f"clip:{sharp_clip}"] for r in garnish)

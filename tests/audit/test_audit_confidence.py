@@ -12,7 +12,8 @@ from PIL import Image
 
 import audit_scenes as scenes
 from lorastudio.audit import audit_dataset, photolike
-from lorastudio.audit.contamination import contamination_table
+from lorastudio.audit.contamination import (CONTAMINANT, STYLE_OR_CONTAMINANT, contamination_findings,
+                                            contamination_table)
 from lorastudio.audit.detectors import CANNOT_TELL, NOT_SEEN, OPPOSITES, SEEN, Evidence, pixel
 from lorastudio.audit.detectors.measures import THUMB, load_pair, measure
 from lorastudio.audit.fix import format_diff, plan_fixes
@@ -315,7 +316,8 @@ def test_an_undefined_measurement_counts_as_cannot_tell_not_as_unseen(vocab):
     unread = Evidence("pixel", ids, {"cast.green": tint}, looked=np.array([True] * 6 + [False] * 4))
     _, rows = _rows(vocab, n, [unread])  # four files could not be read: the tint is in 5 of the other 6
     row = next(r for r in rows if r.id == "cast.green")
-    assert (row.assessed, row.decided, row.verdict) == (6, 6, "contaminant") and row.present_rate > 0.8
+    # 5 of 6 is over the threshold; with six images a style constant cannot be ruled out.
+    assert (row.assessed, row.decided, row.verdict) == (6, 6, STYLE_OR_CONTAMINANT) and row.present_rate > 0.8
 
 
 def test_pixel_detect_marks_every_measured_image_as_looked(tmp_path, vocab):
@@ -356,3 +358,30 @@ def test_fix_diff_shows_the_measured_value_and_threshold(tmp_path, vocab):
     res = CliRunner().invoke(cli, ["audit", str(ds), "--fix", "-q"], catch_exceptions=False)
     assert "why black background: pixel: share of black border pixels" in res.output
     assert ">= 0.50" in res.output and "(p=" in res.output
+
+
+def _green_rows(vocab, present: int, absent: int, unsure: int):
+    n = present + absent + unsure
+    ids = [f"i{k}" for k in range(n)]
+    probs = np.array([0.99] * present + [0.01] * absent + [np.nan] * unsure, np.float32)
+    ev = Evidence("pixel", ids, {"cast.green": probs}, looked=np.ones(n, dtype=bool))
+    rows = contamination_table(vocab, ids, [set() for _ in ids], [ev])
+    records = [{"id": i, "caption_text": f"{T}, a photo of yangnyeom chicken"} for i in ids]
+    return next(r for r in rows if r.id == "cast.green"), rows, records
+
+
+def test_a_look_in_16_of_18_judged_images_may_be_the_style_and_is_a_warning_not_an_error(vocab):
+    """16 present, 2 confidently absent, 2 cannot tell: 89% of what could be judged, but with 18
+    images a style constant (90%) cannot be ruled out. Blocking the run would be a guess."""
+    row, rows, records = _green_rows(vocab, 16, 2, 2)
+    assert row.verdict == STYLE_OR_CONTAMINANT
+    findings = [f for f in contamination_findings(rows) if "cast.green" in f.message]
+    assert [f.severity for f in findings] == ["warning"]
+    assert plan_fixes(rows, records, vocab) == []  # the user decides, --fix writes nothing
+
+
+def test_a_look_in_half_the_images_stays_a_contaminant_error(vocab):
+    row, rows, records = _green_rows(vocab, 12, 8, 0)
+    assert row.verdict == CONTAMINANT
+    assert [f.severity for f in contamination_findings(rows) if "cast.green" in f.message] == ["error"]
+    assert len(plan_fixes(rows, records, vocab)) == 12

@@ -12,6 +12,10 @@ and counts as not present, so a contaminant is never reported on a guess.
   half of them; the trigger will absorb it;
 - `style constant`: a subjective attribute present in (nearly) every image; it may be the
   very look the LoRA should own, so the user decides;
+- `style or contaminant`: a subjective attribute that would be a contaminant, but present in
+  so many of the images the detectors could judge that, with that few judged, a style
+  constant cannot be ruled out (the 90% upper bound of its share reaches
+  STYLE_CONSTANT_RATE): a warning, not an ERROR, and `--fix` leaves it to the user;
 - `ok`.
 """
 
@@ -31,7 +35,19 @@ STYLE_CONSTANT_RATE = 0.9
 NAMED_ENOUGH = 0.5
 CONTAMINANT = "contaminant"
 STYLE_CONSTANT = "style constant"
+STYLE_OR_CONTAMINANT = "style or contaminant"
 OK = "ok"
+Z90 = 1.645  # one-sided 95% (two-sided 90%) normal quantile for the share's upper bound
+
+
+def share_upper_bound(k: int, n: int, z: float = Z90) -> float:
+    """Wilson score upper bound of a share seen k times in n (1.0 when n is 0)."""
+    if n <= 0:
+        return 1.0
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return float(min(1.0, centre + half))
 
 
 @dataclass
@@ -152,7 +168,11 @@ def contamination_table(vocab: Vocabulary, image_ids: Sequence[str], mentions: S
         if attr.kind == "subjective" and sure_rate >= STYLE_CONSTANT_RATE:
             verdict = STYLE_CONSTANT
         elif present_rate >= threshold and named_share < NAMED_ENOUGH:
-            verdict = CONTAMINANT
+            # 16 of 18 judged images is 89%, and a style constant all the same as far as 18
+            # images can tell: an ERROR there would block a run on a guess.
+            maybe_style = (attr.kind == "subjective" and decided * 2 >= assessed
+                           and share_upper_bound(int(present.sum()), decided) >= STYLE_CONSTANT_RATE)
+            verdict = STYLE_OR_CONTAMINANT if maybe_style else CONTAMINANT
         else:
             verdict = OK
         rows.append(AttributeRow(
@@ -164,7 +184,7 @@ def contamination_table(vocab: Vocabulary, image_ids: Sequence[str], mentions: S
             evidence={image_ids[i]: _evidence_text(evidences, attr_id, int(i)) for i in unnamed},
             present=[image_ids[i] for i in np.flatnonzero(present)],
         ))
-    order = {CONTAMINANT: 0, STYLE_CONSTANT: 1, OK: 2}
+    order = {CONTAMINANT: 0, STYLE_OR_CONTAMINANT: 1, STYLE_CONSTANT: 2, OK: 3}
     rows.sort(key=lambda r: (order[r.verdict], -r.present_rate, r.id))
     return rows
 
@@ -184,6 +204,12 @@ def contamination_findings(rows: Sequence[AttributeRow]) -> list[Finding]:
                                f"'{r.phrase}' ({r.id}) is {where}: the trigger will absorb it",
                                f"name '{r.phrase}' in slot 4 of {_ids(r.present_unnamed)} "
                                "(`lorastudio audit --fix --yes` does this)"))
+        elif r.verdict == STYLE_OR_CONTAMINANT:
+            out.append(Finding("contamination.style_or_contaminant", "warning", None,
+                               f"'{r.phrase}' ({r.id}) is {where}: in so many of the {r.decided} images the "
+                               "detectors could judge that it may be the style itself, or a contaminant",
+                               f"if it is not the style you teach, name '{r.phrase}' in slot 4 of "
+                               f"{_ids(r.present_unnamed)}; if it is, leave it unnamed"))
         elif r.verdict == STYLE_CONSTANT:
             effect = ("naming it everywhere may pull that look away from the trigger" if r.mention_rate >= NAMED_ENOUGH
                       else "left unnamed, the trigger will learn it as part of the style")

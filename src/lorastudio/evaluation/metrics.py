@@ -26,7 +26,7 @@ import numpy as np
 PIXEL_SIDE = 16
 CONFOUNDER_RATE = 0.5  # present in at least this share of training images
 MAX_TRAIN_IMAGES = 256
-AUDIT_VERDICTS = ("contaminant", "style constant")
+AUDIT_VERDICTS = ("contaminant", "style or contaminant", "style constant")
 
 
 def pixel_embedding(image: Any, side: int = PIXEL_SIDE) -> np.ndarray:
