@@ -22,8 +22,9 @@ fix, not thresholds), so the "fresh" split was added and run only after tuning w
 Fresh was then looked at in turn, so a fourth split, "final", was added before the next
 round changed any threshold and run once after it was frozen: quote held-out, fresh and
 final side by side, final as the untouched figure. "confirm" was added the same way once final had
-been run, "verify" once confirm had been run, and "recheck" once verify had been run: a
-round that changes a detector after that quotes recheck as its untouched figure.
+been run, "verify" once confirm had been run, "recheck" once verify had been run, and
+"sequel" once recheck had been run: a round that changes a detector or a verdict after that
+quotes sequel as its untouched figure.
 
     .venv/bin/python benchmarks/audit_detectors.py            # tuning + held-out, 10 images a dataset
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split fresh
@@ -31,7 +32,8 @@ round that changes a detector after that quotes recheck as its untouched figure.
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split final
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split confirm
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split verify
-    .venv/bin/python benchmarks/audit_detectors.py --n 20 --split recheck   # the untouched split now
+    .venv/bin/python benchmarks/audit_detectors.py --n 20 --split recheck
+    .venv/bin/python benchmarks/audit_detectors.py --n 20 --split sequel    # the untouched split now
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10, help="images per dataset")
     parser.add_argument("--split", choices=["both", "all", *photolike.SPLIT_SEEDS], default="both",
-                        help="both: tuning and held-out; all: tuning, held-out and fresh (final, confirm, verify and recheck only by name)")
+                        help="both: tuning and held-out; all: tuning, held-out and fresh (final, confirm, verify, recheck and sequel only by name)")
     args = parser.parse_args()
     vocab = load_vocabulary(("food.korean",))
     groups = {"both": ["tuning", "held-out"], "all": ["tuning", "held-out", "fresh"]}

@@ -46,9 +46,11 @@ BACKDROPS = {  # name -> (rgb, attribute id)
 # "final" (past the end of fresh's range, 3_000_000_019 + 2**30) never repeats any of them;
 # nor does "confirm" (past final's end), added once final had been run, nor "verify" (past
 # confirm's end, 20_000_000_003 + 2**30), added once confirm had been run, nor "recheck" (past
-# verify's end), added once verify had been run.
+# verify's end), added once verify had been run, nor "sequel" (past recheck's end), added once
+# recheck had been run.
 SPLIT_SEEDS = {"tuning": 0, "held-out": 1_000_003, "fresh": 3_000_000_019, "final": 9_000_000_011,
-               "confirm": 20_000_000_003, "verify": 33_000_000_017, "recheck": 50_000_000_021}
+               "confirm": 20_000_000_003, "verify": 33_000_000_017, "recheck": 50_000_000_021,
+               "sequel": 70_000_000_027}
 FOOD = [(0.55, 0.22, 0.10), (0.70, 0.40, 0.12), (0.62, 0.16, 0.12), (0.80, 0.62, 0.30), (0.45, 0.30, 0.18)]
 GARNISH = {"sesame": (0.93, 0.87, 0.70), "green_onion": (0.30, 0.62, 0.22), "chili": (0.80, 0.12, 0.08)}
 
