@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from lorastudio.audit import photolike
-from lorastudio.audit.detectors import pixel
+from lorastudio.audit.detectors import ABSENT, CONFIDENT, pixel
 from lorastudio.audit.detectors.measures import load_pair, measure
 from lorastudio.evaluation.metrics import detect_attributes
 
@@ -17,17 +17,22 @@ SCENES = [("linen", None), ("dark_wood", "shallow_dof"), ("marble", "warm"), ("b
 
 
 def _call(p: float) -> int:
-    return 1 if p >= 0.9 else (-1 if p <= 0.1 else 0)
+    return 1 if p >= CONFIDENT else (-1 if p <= ABSENT else 0)
 
 
-def test_a_larger_generated_image_gets_the_audit_reading_of_the_same_scene(tmp_path):
+def _scenes(tmp_path):
+    """(background, look, the audit's reading of the scene's file, the scene enlarged 2x)."""
     path = tmp_path / "scene.jpg"
-    differ = []
     for i, (background, look) in enumerate(SCENES * 2):
         path.write_bytes(photolike.render_photo(photolike.PhotoSpec(background, look, 8100 + i)))
         audit = pixel.classify(measure(*load_pair(path)))
         with Image.open(path) as im:
-            generated = im.convert("RGB").resize((im.width * 2, im.height * 2), Image.BICUBIC)
+            yield background, look, audit, im.convert("RGB").resize((im.width * 2, im.height * 2), Image.BICUBIC)
+
+
+def test_a_larger_generated_image_gets_the_audit_reading_of_the_same_scene(tmp_path):
+    differ = []
+    for background, look, audit, generated in _scenes(tmp_path):
         evaluated = {label: float(p[0]) for label, p in detect_attributes([generated]).items()}
         differ += [(background, look, label) for label in audit if _call(audit[label]) != _call(evaluated[label])]
     assert differ == []
@@ -36,13 +41,8 @@ def test_a_larger_generated_image_gets_the_audit_reading_of_the_same_scene(tmp_p
 def test_measuring_at_native_size_is_what_went_wrong(tmp_path):
     """The old reading (the whole 2x image measured as is) disagrees with the audit somewhere on
     this sample, so the test above can fail."""
-    path = tmp_path / "scene.jpg"
     disagreements = 0
-    for i, (background, look) in enumerate(SCENES * 2):
-        path.write_bytes(photolike.render_photo(photolike.PhotoSpec(background, look, 8100 + i)))
-        audit = pixel.classify(measure(*load_pair(path)))
-        with Image.open(path) as im:
-            generated = im.convert("RGB").resize((im.width * 2, im.height * 2), Image.BICUBIC)
+    for _background, _look, audit, generated in _scenes(tmp_path):
         native = pixel.classify(measure(np.asarray(generated, dtype=np.float32) / 255.0))
         disagreements += sum(_call(audit[label]) != _call(native[label]) for label in audit)
     assert disagreements > 0

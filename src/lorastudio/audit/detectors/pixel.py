@@ -124,12 +124,22 @@ def _derived(f: dict[str, float]) -> dict[str, float]:
     return g
 
 
+def _even_frame(out: dict[str, float]) -> bool:
+    """Not a vignetted, low- or high-key frame: a falloff leaves coarse variation, clipping
+    removes detail, so neither depth-of-field fallback judges such a frame."""
+    return out["vignette"] <= 0.1 and out["low_key"] <= 0.1 and out["high_key"] <= 0.1
+
+
+def _detail_side(g: dict[str, float]) -> str:
+    """Which of the DETAIL px witness's threshold sets applies: a light or a dark background."""
+    return "light" if g.get("dt_level", float("nan")) >= FAINT_LEVEL else "dark"
+
+
 def _faint_blur(g: dict[str, float], out: dict[str, float]) -> float:
     """Shallow depth of field on a light surface with faint coarse variation: only a confident
-    "blurred" counts (its fine detail gone next to that variation), else "cannot tell". Not in a
-    vignetted, low- or high-key frame (a falloff leaves coarse variation, clipping removes detail)."""
+    "blurred" counts (its fine detail gone next to that variation), else "cannot tell"."""
     light = g["bg_level"] >= FAINT_LEVEL and g["bg_coarse"] >= FAINT_COARSE
-    if not (light and out["vignette"] <= 0.1 and out["low_key"] <= 0.1 and out["high_key"] <= 0.1):
+    if not (light and _even_frame(out)):
         return float("nan")
     p = _all(_test(g, "dof_subject"), _test(g, "dof_faint"))
     return p if p >= 0.5 else float("nan")
@@ -140,13 +150,12 @@ def _detail_witness(g: dict[str, float], out: dict[str, float], p: float) -> flo
     weave is already averaged away and reads as blurred: where the finer image shows clear
     detail, a confident "shallow" becomes cannot tell. Where THUMB px cannot tell, the finer
     image decides when it is confident: next to no detail, little against the surface's coarse
-    variation, and coarse variation a plain backdrop lacks; not in a vignetted, low- or
-    high-key frame, as in `_faint_blur`."""
+    variation, and coarse variation a plain backdrop lacks (`_even_frame` only)."""
     if p >= 0.9:
         return float("nan") if _test(g, "dt_sharp") >= 0.5 else p
-    if p <= 0.1 or not (out["vignette"] <= 0.1 and out["low_key"] <= 0.1 and out["high_key"] <= 0.1):
+    if p <= 0.1 or not _even_frame(out):
         return p
-    side = "light" if g.get("dt_level", float("nan")) >= FAINT_LEVEL else "dark"
+    side = _detail_side(g)
     witness = _all(_test(g, "dof_subject"), *(_test(g, f"dt_{k}_{side}") for k in ("blurred", "ratio", "coarse")))
     return witness if witness >= 0.9 else p
 
@@ -220,7 +229,7 @@ def describe(f: dict[str, float]) -> dict[str, str]:
         out[label] = ", ".join(one(k) for k in keys)
     out["high_contrast"] = (f"{one('high_contrast_dark')} or {one('high_contrast_spread')}, "
                             f"{one('high_contrast_bright')}")
-    side = "light" if g.get("dt_level", float("nan")) >= FAINT_LEVEL else "dark"
+    side = _detail_side(g)
     out["shallow_dof"] += (f", {one('dof_blurred')}; at {DETAIL} px: {one('dt_sharp')} is sharp, "
                            + ", ".join(one(f"dt_{k}_{side}") for k in ("blurred", "ratio", "coarse")) + " is blurred")
     return out
