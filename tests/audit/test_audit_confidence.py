@@ -15,7 +15,7 @@ from lorastudio.audit import audit_dataset, photolike
 from lorastudio.audit.contamination import (CONTAMINANT, STYLE_OR_CONTAMINANT, contamination_findings,
                                             contamination_table)
 from lorastudio.audit.detectors import CANNOT_TELL, NOT_SEEN, OPPOSITES, SEEN, Evidence, pixel
-from lorastudio.audit.detectors.measures import THUMB, load_pair, measure
+from lorastudio.audit.detectors.measures import GREEN_CLIPPED_WITNESS, SOG_MIN_TINT, THUMB, load_pair, measure
 from lorastudio.audit.fix import format_diff, plan_fixes
 from lorastudio.cli.main import cli
 
@@ -195,6 +195,53 @@ def test_a_cast_over_plate_and_backdrop_is_read(gains, label, other):
     for seed in range(3):
         probs = pixel.classify(measure(_dish((0.8, 0.8, 0.8), gains, seed)))
         assert probs[label] >= 0.9 and probs[other] <= 0.1, (seed, probs[label], probs[other])
+
+
+def _photo_features(path, background: str, look: str | None, seed: int) -> dict[str, float]:
+    path.write_bytes(photolike.render_photo(photolike.PhotoSpec(background, look, seed)))
+    return measure(*load_pair(path))
+
+
+@pytest.mark.parametrize(("background", "seed"), [("grey", 8027), ("blue", 8027), ("brown", 8027), ("white", 8006)])
+def test_a_warm_cast_that_clipped_the_red_channel_is_read_against_its_lower_bound(tmp_path, background, seed):
+    """An overexposed plate under a warm cast clips red (and often green) and keeps only blue, so
+    the estimate understates the cast: the plain threshold is not confident, the clipped one is,
+    and the diff says why."""
+    f = _photo_features(tmp_path / "scene.jpg", background, "warm", seed)
+    assert f["wb_clip_r"] >= pixel.CLIPPED_SHARE, f["wb_clip_r"]
+    assert not pixel._test(pixel._derived(f), "warm") >= 0.9  # the failure the lower bound exists for
+    probs = pixel.classify(f)
+    assert probs["warm"] >= 0.9 and probs["cool"] <= 0.1, (probs["warm"], probs["cool"])
+    assert "clipped in the cast's channel" in pixel.describe(f)["warm"]
+
+
+def test_warm_surfaces_that_clip_nothing_are_never_read_warm(tmp_path):
+    """Linen and light wood read warm on their own, without clipping red: the lower clipped threshold
+    never applies to them."""
+    for background in ("linen", "light_wood"):
+        for seed in range(8000, 8010):
+            f = _photo_features(tmp_path / "scene.jpg", background, None, seed)
+            assert not pixel.classify(f)["warm"] >= 0.9, (background, seed, f["wb_rb"], f["wb_clip_r"])
+
+
+@pytest.mark.parametrize(("background", "seed"), [("red", 8031), ("red", 8035), ("blue", 8030)])
+def test_a_green_tint_on_a_coloured_backdrop_is_witnessed_by_its_clipped_green_channel(tmp_path, background, seed):
+    """A red or blue backdrop pulls the shades-of-grey reading under SOG_MIN_TINT and the food on the
+    plate hides it as a neutral; green clipped alone on nearly every bright pixel is the witness."""
+    f = _photo_features(tmp_path / "scene.jpg", background, "green_tint", seed)
+    assert f["wb_sog_g"] < SOG_MIN_TINT and f["wb_clip_g"] >= GREEN_CLIPPED_WITNESS, (f["wb_sog_g"], f["wb_clip_g"])
+    probs = pixel.classify(f)
+    assert probs["green_tint"] >= 0.9 and probs["magenta"] <= 0.1, (probs["green_tint"], probs["magenta"])
+
+
+def test_a_vignette_on_a_black_backdrop_is_read_and_a_plain_black_backdrop_never_is(tmp_path):
+    """The falloff is read in log luminance with a small offset, down to a near-black frame: a
+    vignetted black backdrop is not "cannot tell", and an even one is confidently not vignetted."""
+    vignetted = [pixel.classify(_photo_features(tmp_path / "s.jpg", "black", "vignette", s))["vignette"]
+                 for s in range(8000, 8010)]
+    even = [pixel.classify(_photo_features(tmp_path / "s.jpg", "black", None, s))["vignette"] for s in range(8000, 8010)]
+    assert sum(p >= 0.9 for p in vignetted) >= 9, vignetted
+    assert all(p <= 0.1 for p in even), even
 
 
 def test_white_plate_on_black_is_cannot_tell_for_contrast():

@@ -51,6 +51,10 @@ UNIFORM_SPREAD = 0.2  # a subject this uniform reading the opposite cast to the 
 VESSEL_GAP = 0.2  # a warm frame reading this much warmer than the subject's least warm tenth: cannot tell
 PLATE_MAX_CAST = 0.65  # the strongest cast a uniform, unclipped plate may show (MAX_CAST plus a WB error)
 SOG_MIN_TINT = 0.065  # the least tint the shades-of-grey reading must show to confirm the frame's
+CLIP = 0.985  # a channel at or above this is clipped
+GREEN_CLIPPED_WITNESS = 0.85  # share of bright pixels with green alone clipped that witnesses a green push
+VIGNETTE_FLOOR = 0.02  # median luminance outside the dish under which no falloff is read
+VIGNETTE_OFFSET = 0.005  # added before the log: small, so a dark frame's falloff is not flattened
 TYPICAL_RANGE = 0.6  # p95 - p5 luminance of an ordinary dish photo; texture is scaled to it
 NOISE_CAP = 0.012  # rms of the finest band; JPEG photos at THUMB px stay under it
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -148,7 +152,8 @@ def _plate(subj_u: float, u0: float, subj_clipped: float) -> bool:
     return subj_u <= u0 + PLATE_U_TOLERANCE and subj_clipped <= PLATE_CLIPPED
 
 
-def _green_magenta_verdict(v0: float, sv: float, u0: float, subj_u: float, subj_v: float, subj_clipped: float) -> float:
+def _green_magenta_verdict(v0: float, sv: float, u0: float, subj_u: float, subj_v: float, subj_clipped: float,
+                           clip_g: float = NAN) -> float:
     """The green/magenta estimate `v0` once its witnesses agree, NaN ("cannot tell") otherwise.
 
     - a tint stronger than any grade gives is a coloured surface read as the illuminant;
@@ -160,7 +165,10 @@ def _green_magenta_verdict(v0: float, sv: float, u0: float, subj_u: float, subj_
       coloured backdrop pulls the shades-of-grey reading, so that one is not asked then).
       Where the subject reads as food or is clipped, the shades-of-grey reading of the whole
       frame must show the same tint, clearly (SOG_MIN_TINT: a tinted backdrop filling the
-      frame shows a little of its own).
+      frame shows a little of its own); a red or blue backdrop pulls that reading too, and
+      then the green channel clipped alone on nearly every bright pixel (`clip_g`, at least
+      GREEN_CLIPPED_WITNESS) witnesses a green estimate instead. A neutral frame's brightest
+      pixels can clip green first as well, so the estimate's own size still decides.
     """
     plate = _plate(subj_u, u0, subj_clipped)
     strength = min(abs(u0), abs(subj_u)) if plate else abs(u0)
@@ -170,7 +178,9 @@ def _green_magenta_verdict(v0: float, sv: float, u0: float, subj_u: float, subj_
         return _with_plate(v0, subj_v)
     if v0 * sv < 0 and min(abs(v0), abs(sv)) > 0.06:
         return NAN
-    return v0 if v0 * sv > 0 and abs(sv) >= SOG_MIN_TINT else NAN
+    if v0 * sv > 0 and abs(sv) >= SOG_MIN_TINT:
+        return v0
+    return v0 if v0 > 0 and clip_g >= GREEN_CLIPPED_WITNESS else NAN
 
 
 def _warm_cool_verdict(u0: float, su: float, subj_u: float, subj_clipped: float, subj_spread: float) -> float:
@@ -213,13 +223,19 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     logc = np.log(rgb + 0.02)
     u = logc[..., 0] - logc[..., 2]
     v = logc[..., 1] - (logc[..., 0] + logc[..., 2]) / 2
-    valid = (rgb.min(axis=2) < 0.985) & (lum > 0.1)  # one clipped channel still shows the cast
+    valid = (rgb.min(axis=2) < CLIP) & (lum > 0.1)  # one clipped channel still shows the cast
     out = {"wb_rb": NAN, "wb_g": NAN, "wb_share": 0.0, "wb_sog_rb": NAN, "wb_sog_g": NAN, "wb_subj_rb": NAN,
-           "wb_subj_g": NAN, "wb_subj_spread": NAN, "wb_subj_low": NAN}
+           "wb_subj_g": NAN, "wb_subj_spread": NAN, "wb_subj_low": NAN, "wb_clip_r": NAN, "wb_clip_b": NAN,
+           "wb_clip_g": NAN}
     if valid.mean() < 0.05:
         return out
     bright = valid & (lum >= np.percentile(lum[valid], 90))
-    bright_unclipped = bright & (rgb.max(axis=2) < 0.985)
+    bright_unclipped = bright & (rgb.max(axis=2) < CLIP)
+    # Which channels clipped on the bright pixels. Under a cast the channel it pushes clips
+    # first, and a reading from such pixels understates the cast: it is a lower bound.
+    r_clip, g_clip, b_clip = (rgb[bright] >= CLIP).T
+    out.update(wb_clip_r=float((r_clip & ~b_clip).mean()), wb_clip_b=float((b_clip & ~r_clip).mean()),
+               wb_clip_g=float((g_clip & ~r_clip & ~b_clip).mean()))
     u0 = float(np.median(u[bright]))
     v0 = float(np.median(v[bright_unclipped if bright_unclipped.any() else bright]))
     # One refinement, never re-centred again: iterating would let the window drift onto
@@ -229,10 +245,10 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     if share < 0.02:
         return out
     u0 = float(np.median(u[near]))
-    v0 = _green_magenta(u, v, (rgb.max(axis=2) < 0.985) & (lum > 0.1), lum)
+    v0 = _green_magenta(u, v, (rgb.max(axis=2) < CLIP) & (lum > 0.1), lum)
     if not math.isfinite(v0):
         # No unclipped bright cluster of its own: the unclipped pixels of the neutral cluster.
-        unclipped = near & (rgb.max(axis=2) < 0.985)
+        unclipped = near & (rgb.max(axis=2) < CLIP)
         v0 = float(np.median(v[unclipped])) if unclipped.mean() >= 0.01 else NAN
     px = rgb[valid].astype(np.float64)
     sog = (px**6).mean(axis=0) ** (1 / 6)
@@ -244,20 +260,21 @@ def white_balance(rgb: np.ndarray, lum: np.ndarray) -> dict[str, float]:
     # backdrop brighter than the plate would otherwise pass for the illuminant; when the two
     # readings differ, cannot tell.
     in_subject = subject_mask(*lum.shape)
-    subj = in_subject & valid & (rgb.max(axis=2) < 0.985)
+    subj = in_subject & valid & (rgb.max(axis=2) < CLIP)
     if subj.sum() >= 20:
         top = subj & (lum >= np.percentile(lum[subj], 75))
         out["wb_subj_rb"], out["wb_subj_g"] = float(np.median(u[top])), float(np.median(v[top]))
         q25, q75 = np.percentile(u[top], [25, 75])
         out["wb_subj_spread"] = float(q75 - q25)
         out["wb_subj_low"] = float(np.percentile(u[subj], 10))
-    subj_clipped = float((rgb[in_subject].max(axis=1) >= 0.985).mean())
+    subj_clipped = float((rgb[in_subject].max(axis=1) >= CLIP).mean())
     wb_rb = _warm_cool_verdict(u0, su, out["wb_subj_rb"], subj_clipped, out["wb_subj_spread"])
     # A warm estimate far warmer than the least warm tenth of the subject (the vessel, which a
     # cast tints as much as anything; food reads warmer still) took a warm surface for the
     # neutral: a light wooden table under a cool cast, a grey bowl darker than the table.
     out["wb_rb"] = NAN if wb_rb > 0 and wb_rb - out["wb_subj_low"] > VESSEL_GAP else wb_rb
-    out["wb_g"] = _green_magenta_verdict(v0, sv, u0, out["wb_subj_rb"], out["wb_subj_g"], subj_clipped)
+    out["wb_g"] = _green_magenta_verdict(v0, sv, u0, out["wb_subj_rb"], out["wb_subj_g"], subj_clipped,
+                                         out["wb_clip_g"])
     return out
 
 
@@ -391,9 +408,9 @@ def radial_falloff(lum: np.ndarray) -> tuple[float, float]:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     x, y = xx / w - 0.5, yy / h - 0.53
     outside = (x / 0.45) ** 2 + (y / 0.4) ** 2 > 1.0
-    if outside.sum() < 50 or float(np.median(lum[outside])) < 0.04:
+    if outside.sum() < 50 or float(np.median(lum[outside])) < VIGNETTE_FLOOR:
         return NAN, NAN
-    logl = np.log(lum + 0.02)
+    logl = np.log(lum + VIGNETTE_OFFSET)
     r2 = (x * x + (yy / h - 0.5) ** 2) / 0.5
     design = np.stack([np.ones_like(x), x, y, r2], axis=-1)
     keep = outside.copy()

@@ -61,6 +61,10 @@ NAMED_BY_PHRASES = {
 THRESHOLDS: dict[str, tuple[str, float, float, int]] = {
     "warm": ("wb_rb", 0.2, 0.025, 1), "cool": ("wb_rb", -0.12, 0.015, -1),
     "green_tint": ("wb_g", 0.09, 0.01, 1), "magenta": ("wb_g", -0.095, 0.008, -1),
+    # The same casts read from bright pixels on which the cast's own channel clipped (a lower
+    # bound of the cast; a warm surface such as linen does not clip): see CLIPPED.
+    "warm_clipped": ("wb_rb", 0.175, 0.008, 1), "cool_clipped": ("wb_rb", -0.105, 0.008, -1),
+    "green_tint_clipped": ("wb_g", 0.08, 0.006, 1),
     "plain": ("bg_texture", 0.012, 0.003, -1),
     "colour": ("bg_share", 0.5, 0.15, 1),
     "dof_blurred": ("bg_mid_coarse", 0.34, 0.015, -1), "dof_sharp": ("bg_mid_coarse", 0.4, 0.03, -1),
@@ -83,6 +87,10 @@ THRESHOLDS: dict[str, tuple[str, float, float, int]] = {
     "low_contrast_bright": ("lum_p99", 0.8, 0.03, -1), "low_contrast_frame": ("lum_p01", 0.27, 0.015, 1),
     "vignette": ("vig_falloff", 0.4, 0.04, 1), "vignette_fit": ("vig_residual", 0.13, 0.01, -1),
 }
+# A cast label -> the share of bright pixels with the cast's own channel clipped (and not the
+# opposite one). From CLIPPED_SHARE up the label's "_clipped" threshold applies.
+CLIPPED = {"warm": "wb_clip_r", "cool": "wb_clip_b", "green_tint": "wb_clip_g"}
+CLIPPED_SHARE = 0.5
 # Above this border texture a surface's colour is not "a background colour": the dominant
 # class of a wooden table is "cannot tell", the other classes are still confidently absent.
 COLOUR_TEXTURE_LIMIT = 0.016
@@ -116,6 +124,13 @@ def _test(f: dict[str, float], key: str) -> float:
 def _all(*probs: float) -> float:
     """All conditions at once: the smallest probability, NaN if any condition cannot be judged."""
     return float("nan") if any(math.isnan(p) for p in probs) else min(probs)
+
+
+def _cast_key(g: dict[str, float], label: str) -> str:
+    """The threshold a cast label is read against: its `_clipped` one where the cast's own
+    channel clipped on most bright pixels (the estimate then understates the cast)."""
+    share = g.get(CLIPPED.get(label, ""), float("nan"))
+    return f"{label}_clipped" if share >= CLIPPED_SHARE else label
 
 
 def _derived(f: dict[str, float]) -> dict[str, float]:
@@ -181,7 +196,7 @@ def classify(f: dict[str, float]) -> dict[str, float]:
         out[name] = float("nan") if textured and name == dominant and not solid else p
     out["plain"] = _test(g, "plain")
     for label in ("warm", "cool", "green_tint", "magenta", "desaturated"):
-        out[label] = _test(g, label)
+        out[label] = _test(g, _cast_key(g, label))
     for label, keys in COMPOUND.items():
         out[label] = _all(*(_test(g, k) for k in keys))
     # A contrast curve shows as crushed shadows in the subject, or as a subject spanning
@@ -224,7 +239,10 @@ def describe(f: dict[str, float]) -> dict[str, str]:
     out = {name: f"share of {name} border pixels {g[f'bg_{name}']:.2f} >= {share_at:.2f} (border texture "
                  f"{g['bg_texture']:.3f} < {COLOUR_TEXTURE_LIMIT:.3f} or share >= {SOLID_SHARE:.2f})" for name in COLOURS}
     for label in ("plain", "warm", "cool", "green_tint", "magenta", "desaturated"):
-        out[label] = one(label)
+        out[label] = one(_cast_key(g, label))
+    for label, share in CLIPPED.items():
+        if _cast_key(g, label) != label:
+            out[label] += f" ({g[share]:.0%} of bright pixels clipped in the cast's channel)"
     for label, keys in COMPOUND.items():
         out[label] = ", ".join(one(k) for k in keys)
     out["high_contrast"] = (f"{one('high_contrast_dark')} or {one('high_contrast_spread')}, "
