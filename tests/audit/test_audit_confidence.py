@@ -15,7 +15,8 @@ from lorastudio.audit import audit_dataset, photolike
 from lorastudio.audit.contamination import (CONTAMINANT, STYLE_OR_CONTAMINANT, contamination_findings,
                                             contamination_table)
 from lorastudio.audit.detectors import CANNOT_TELL, NOT_SEEN, OPPOSITES, SEEN, Evidence, pixel
-from lorastudio.audit.detectors.measures import GREEN_CLIPPED_WITNESS, SOG_MIN_TINT, THUMB, load_pair, measure
+from lorastudio.audit.detectors.measures import (GREEN_CLIPPED_WITNESS, SOG_MIN_TINT, SUBJECT_MIN_TINT, THUMB, load_pair,
+                                                   measure)
 from lorastudio.audit.fix import format_diff, plan_fixes
 from lorastudio.cli.main import cli
 
@@ -232,6 +233,17 @@ def test_a_green_tint_on_a_coloured_backdrop_is_witnessed_by_its_clipped_green_c
     assert f["wb_sog_g"] < SOG_MIN_TINT and f["wb_clip_g"] >= GREEN_CLIPPED_WITNESS, (f["wb_sog_g"], f["wb_clip_g"])
     probs = pixel.classify(f)
     assert probs["green_tint"] >= 0.9 and probs["magenta"] <= 0.1, (probs["green_tint"], probs["magenta"])
+
+
+@pytest.mark.parametrize("seed", [8045, 8057, 8063, 8103])
+def test_a_green_backdrop_brightened_by_a_high_key_is_not_a_green_tint(tmp_path, seed):
+    """The bright green backdrop passes for the illuminant and the shades-of-grey reading agrees;
+    the dish, which a real tint would turn green, stays near neutral: cannot tell, never a tint."""
+    f = _photo_features(tmp_path / "scene.jpg", "green", "high_key", seed)
+    assert f["wb_subj_g"] < SUBJECT_MIN_TINT, f["wb_subj_g"]
+    probs = pixel.classify(f)
+    assert not probs["green_tint"] >= 0.9 and not probs["magenta"] >= 0.9, (probs["green_tint"], probs["magenta"])
+    assert probs["high_key"] >= 0.9
 
 
 def test_a_vignette_on_a_black_backdrop_is_read_and_a_plain_black_backdrop_never_is(tmp_path):

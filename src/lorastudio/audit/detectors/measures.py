@@ -52,6 +52,7 @@ VESSEL_GAP = 0.2  # a warm frame reading this much warmer than the subject's lea
 PLATE_MAX_CAST = 0.65  # the strongest cast a uniform, unclipped plate may show (MAX_CAST plus a WB error)
 SOG_MIN_TINT = 0.065  # the least tint the shades-of-grey reading must show to confirm the frame's
 CLIP = 0.985  # a channel at or above this is clipped
+SUBJECT_MIN_TINT = 0.03  # how far a dish that is not a neutral plate must lean the frame's tint's way
 GREEN_CLIPPED_WITNESS = 0.85  # share of bright pixels with green alone clipped that witnesses a green push
 VIGNETTE_FLOOR = 0.02  # median luminance outside the dish under which no falloff is read
 VIGNETTE_OFFSET = 0.005  # added before the log: small, so a dark frame's falloff is not flattened
@@ -168,7 +169,10 @@ def _green_magenta_verdict(v0: float, sv: float, u0: float, subj_u: float, subj_
       frame shows a little of its own); a red or blue backdrop pulls that reading too, and
       then the green channel clipped alone on nearly every bright pixel (`clip_g`, at least
       GREEN_CLIPPED_WITNESS) witnesses a green estimate instead. A neutral frame's brightest
-      pixels can clip green first as well, so the estimate's own size still decides.
+      pixels can clip green first as well, so the estimate's own size still decides. Either
+      way the subject's brightest quarter (plate, highlights and food) must lean the same
+      way by SUBJECT_MIN_TINT: under a tint it does, a green backdrop brightened by a high
+      key or a pink one leaves the dish near neutral.
     """
     plate = _plate(subj_u, u0, subj_clipped)
     strength = min(abs(u0), abs(subj_u)) if plate else abs(u0)
@@ -177,6 +181,8 @@ def _green_magenta_verdict(v0: float, sv: float, u0: float, subj_u: float, subj_
     if plate:
         return _with_plate(v0, subj_v)
     if v0 * sv < 0 and min(abs(v0), abs(sv)) > 0.06:
+        return NAN
+    if not math.copysign(1.0, v0) * subj_v >= SUBJECT_MIN_TINT:
         return NAN
     if v0 * sv > 0 and abs(sv) >= SOG_MIN_TINT:
         return v0

@@ -69,7 +69,7 @@ THRESHOLDS: dict[str, tuple[str, float, float, int]] = {
     "colour": ("bg_share", 0.5, 0.15, 1),
     "dof_blurred": ("bg_mid_coarse", 0.34, 0.015, -1), "dof_sharp": ("bg_mid_coarse", 0.4, 0.03, -1),
     "dof_subject": ("subject_sharp", 0.3, 0.12, 1),
-    "dof_faint": ("bg_mid_coarse", 0.42, 0.02, -1),
+    "dof_faint": ("bg_mid_coarse", 0.435, 0.005, -1),
     # The DETAIL px witness: clearly sharp above dt_sharp; blurred below dt_blurred_* with its
     # detail/coarse ratio under dt_ratio_* and coarse variation of at least dt_coarse_* (light,
     # dark background).
