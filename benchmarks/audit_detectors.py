@@ -26,8 +26,9 @@ been run, "verify" once confirm had been run, "recheck" once verify had been run
 "sequel" once recheck had been run. At 20 images a dataset a look is planted in 30 images, so one
 image moves recall by 3.3 points and a detector at 95% misses a target on about one split in
 three by chance: "wide", added once sequel had been run, is run at 100 images a dataset (150
-planted images a look, 4,100 images in all), and a round that changes a detector or a verdict
-after that quotes wide as its untouched figure.
+planted images a look, 4,100 images in all). "broad" was added the same way once wide had
+been run: a round that changes a detector or a verdict after that quotes broad, at --n 100,
+as its untouched figure.
 
     .venv/bin/python benchmarks/audit_detectors.py            # tuning + held-out, 10 images a dataset
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split fresh
@@ -37,7 +38,8 @@ after that quotes wide as its untouched figure.
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split verify
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split recheck
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split sequel
-    .venv/bin/python benchmarks/audit_detectors.py --n 100 --split wide     # the untouched split now
+    .venv/bin/python benchmarks/audit_detectors.py --n 100 --split wide
+    .venv/bin/python benchmarks/audit_detectors.py --n 100 --split broad    # the untouched split now
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10, help="images per dataset")
     parser.add_argument("--split", choices=["both", "all", *photolike.SPLIT_SEEDS], default="both",
-                        help="both: tuning and held-out; all: tuning, held-out and fresh (final, confirm, verify, recheck, sequel and wide only by name)")
+                        help="both: tuning and held-out; all: tuning, held-out and fresh (final, confirm, verify, recheck, sequel, wide and broad only by name)")
     args = parser.parse_args()
     vocab = load_vocabulary(("food.korean",))
     groups = {"both": ["tuning", "held-out"], "all": ["tuning", "held-out", "fresh"]}
