@@ -15,7 +15,8 @@ from lorastudio.audit import audit_dataset, photolike
 from lorastudio.audit.contamination import (CONTAMINANT, STYLE_OR_CONTAMINANT, contamination_findings,
                                             contamination_table)
 from lorastudio.audit.detectors import CANNOT_TELL, NOT_SEEN, OPPOSITES, SEEN, Evidence, pixel
-from lorastudio.audit.detectors.measures import (GREEN_CLIPPED_WITNESS, SOG_MIN_TINT, SUBJECT_MIN_TINT, THUMB, load_pair,
+from lorastudio.audit.detectors.measures import (GREEN_CLIPPED_SUBJECT, GREEN_CLIPPED_WITNESS, SOG_MIN_TINT,
+                                                   SUBJECT_MIN_TINT, THUMB, _green_magenta_verdict, load_pair,
                                                    measure)
 from lorastudio.audit.fix import format_diff, plan_fixes
 from lorastudio.cli.main import cli
@@ -233,6 +234,34 @@ def test_a_green_tint_on_a_coloured_backdrop_is_witnessed_by_its_clipped_green_c
     assert f["wb_sog_g"] < SOG_MIN_TINT and f["wb_clip_g"] >= GREEN_CLIPPED_WITNESS, (f["wb_sog_g"], f["wb_clip_g"])
     probs = pixel.classify(f)
     assert probs["green_tint"] >= 0.9 and probs["magenta"] <= 0.1, (probs["green_tint"], probs["magenta"])
+
+
+def test_the_clipped_green_witness_needs_the_dish_to_read_the_tint_itself():
+    """A neutral frame's specular highlights can clip green first too. Where only that clipping
+    witnesses a green estimate (the shades-of-grey reading does not), the subject's own reading
+    must reach GREEN_CLIPPED_SUBJECT: a high-key light wooden table (no tint) is cannot tell, a
+    tint on a red backdrop is still read. Arguments as measured on two tuning scenes."""
+    v0, sv, u0, subj_u, subj_clipped, clip_g = 0.088, -0.003, 0.004, 0.186, 0.309, 0.939
+    assert sv < SOG_MIN_TINT and clip_g >= GREEN_CLIPPED_WITNESS
+    assert np.isnan(_green_magenta_verdict(v0, sv, u0, subj_u, 0.057, subj_clipped, clip_g))
+    assert _green_magenta_verdict(0.101, 0.054, u0, 0.105, 0.116, subj_clipped, 0.92) == 0.101
+    assert SUBJECT_MIN_TINT < 0.057 < GREEN_CLIPPED_SUBJECT < 0.116
+
+
+@pytest.mark.parametrize(("background", "seed", "cast"),
+                         [("linen", 8006, "green_tint"), ("slate", 8028, "cool"), ("white", 8043, "cool"),
+                          ("linen", 8064, "warm"), ("grey", 8054, "green_tint")])
+def test_a_saturation_grade_is_never_read_as_a_cast(tmp_path, background, seed, cast):
+    """A saturation grade multiplies the small white-balance error every scene has (and a
+    backdrop's own tint) until it crosses a cast threshold: on a frame that reads saturated,
+    every cast is cannot tell."""
+    f = _photo_features(tmp_path / "scene.jpg", background, "saturated", seed)
+    g = pixel._derived(f)
+    assert pixel._test(g, pixel._cast_key(g, cast)) >= 0.9  # the failure the rule exists for
+    probs = pixel.classify(f)
+    assert probs["saturated"] >= 0.9
+    assert all(np.isnan(probs[label]) for label in pixel.CASTS), {label: probs[label] for label in pixel.CASTS}
+    assert "reads saturated" in pixel.describe(f)[cast]
 
 
 @pytest.mark.parametrize("seed", [8045, 8057, 8063, 8103])

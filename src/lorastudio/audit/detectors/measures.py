@@ -53,6 +53,7 @@ PLATE_MAX_CAST = 0.65  # the strongest cast a uniform, unclipped plate may show 
 SOG_MIN_TINT = 0.065  # the least tint the shades-of-grey reading must show to confirm the frame's
 CLIP = 0.985  # a channel at or above this is clipped
 SUBJECT_MIN_TINT = 0.03  # how far a dish that is not a neutral plate must lean the frame's tint's way
+GREEN_CLIPPED_SUBJECT = 0.09  # ... and how far when only the clipped green channel witnesses the tint
 GREEN_CLIPPED_WITNESS = 0.85  # share of bright pixels with green alone clipped that witnesses a green push
 VIGNETTE_FLOOR = 0.02  # median luminance outside the dish under which no falloff is read
 VIGNETTE_OFFSET = 0.005  # added before the log: small, so a dark frame's falloff is not flattened
@@ -169,7 +170,8 @@ def _green_magenta_verdict(v0: float, sv: float, u0: float, subj_u: float, subj_
       frame shows a little of its own); a red or blue backdrop pulls that reading too, and
       then the green channel clipped alone on nearly every bright pixel (`clip_g`, at least
       GREEN_CLIPPED_WITNESS) witnesses a green estimate instead. A neutral frame's brightest
-      pixels can clip green first as well, so the estimate's own size still decides. Either
+      pixels (its specular highlights) can clip green first as well, so then the subject's
+      own reading must show the tint too (GREEN_CLIPPED_SUBJECT, the green threshold). Either
       way the subject's brightest quarter (plate, highlights and food) must lean the same
       way by SUBJECT_MIN_TINT: under a tint it does, a green backdrop brightened by a high
       key or a pink one leaves the dish near neutral.
@@ -186,7 +188,7 @@ def _green_magenta_verdict(v0: float, sv: float, u0: float, subj_u: float, subj_
         return NAN
     if v0 * sv > 0 and abs(sv) >= SOG_MIN_TINT:
         return v0
-    return v0 if v0 > 0 and clip_g >= GREEN_CLIPPED_WITNESS else NAN
+    return v0 if v0 > 0 and clip_g >= GREEN_CLIPPED_WITNESS and subj_v >= GREEN_CLIPPED_SUBJECT else NAN
 
 
 def _warm_cool_verdict(u0: float, su: float, subj_u: float, subj_clipped: float, subj_spread: float) -> float:

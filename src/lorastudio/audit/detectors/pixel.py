@@ -91,6 +91,7 @@ THRESHOLDS: dict[str, tuple[str, float, float, int]] = {
 # opposite one). From CLIPPED_SHARE up the label's "_clipped" threshold applies.
 CLIPPED = {"warm": "wb_clip_r", "cool": "wb_clip_b", "green_tint": "wb_clip_g"}
 CLIPPED_SHARE = 0.5
+CASTS = ("warm", "cool", "green_tint", "magenta")
 # Above this border texture a surface's colour is not "a background colour": the dominant
 # class of a wooden table is "cannot tell", the other classes are still confidently absent.
 COLOUR_TEXTURE_LIMIT = 0.016
@@ -137,6 +138,13 @@ def _derived(f: dict[str, float]) -> dict[str, float]:
     g = dict(f)
     g["subj_spread"] = f["subj_p98"] - f["subj_p02"]
     return g
+
+
+def _saturation_graded(g: dict[str, float]) -> bool:
+    """Whether the frame reads saturated. A saturation grade multiplies every colour's distance
+    from grey, a small white-balance error's and a backdrop's own tint included, so on such a
+    frame a cast cannot be told from the grade: every cast is "cannot tell"."""
+    return _all(*(_test(g, k) for k in COMPOUND["saturated"])) >= 0.5
 
 
 def _even_frame(out: dict[str, float]) -> bool:
@@ -195,10 +203,12 @@ def classify(f: dict[str, float]) -> dict[str, float]:
         solid = share >= SOLID_SHARE and not (name == "black" and crushed) and not (name == "white" and blown)
         out[name] = float("nan") if textured and name == dominant and not solid else p
     out["plain"] = _test(g, "plain")
-    for label in ("warm", "cool", "green_tint", "magenta", "desaturated"):
+    for label in (*CASTS, "desaturated"):
         out[label] = _test(g, _cast_key(g, label))
     for label, keys in COMPOUND.items():
         out[label] = _all(*(_test(g, k) for k in keys))
+    if _saturation_graded(g):
+        out.update({label: float("nan") for label in CASTS})
     # A contrast curve shows as crushed shadows in the subject, or as a subject spanning
     # nearly the whole tonal range (a light dish under the curve keeps its shadows above black).
     out["high_contrast"] = _all(max(_test(g, "high_contrast_dark"), _test(g, "high_contrast_spread")),
@@ -238,11 +248,14 @@ def describe(f: dict[str, float]) -> dict[str, str]:
     share_at = THRESHOLDS["colour"][1]
     out = {name: f"share of {name} border pixels {g[f'bg_{name}']:.2f} >= {share_at:.2f} (border texture "
                  f"{g['bg_texture']:.3f} < {COLOUR_TEXTURE_LIMIT:.3f} or share >= {SOLID_SHARE:.2f})" for name in COLOURS}
-    for label in ("plain", "warm", "cool", "green_tint", "magenta", "desaturated"):
+    for label in ("plain", *CASTS, "desaturated"):
         out[label] = one(_cast_key(g, label))
     for label, share in CLIPPED.items():
         if _cast_key(g, label) != label:
             out[label] += f" ({g[share]:.0%} of bright pixels clipped in the cast's channel)"
+    if _saturation_graded(g):
+        for label in CASTS:
+            out[label] += " (the frame reads saturated: a cast cannot be told from the grade)"
     for label, keys in COMPOUND.items():
         out[label] = ", ".join(one(k) for k in keys)
     out["high_contrast"] = (f"{one('high_contrast_dark')} or {one('high_contrast_spread')}, "
