@@ -27,8 +27,8 @@ been run, "verify" once confirm had been run, "recheck" once verify had been run
 image moves recall by 3.3 points and a detector at 95% misses a target on about one split in
 three by chance: "wide", added once sequel had been run, is run at 100 images a dataset (150
 planted images a look, 4,100 images in all). "broad" was added the same way once wide had
-been run: a round that changes a detector or a verdict after that quotes broad, at --n 100,
-as its untouched figure.
+been run, and "spare" once broad had been run: a round that changes a detector or a
+verdict after that quotes spare, at --n 100, as its untouched figure.
 
     .venv/bin/python benchmarks/audit_detectors.py            # tuning + held-out, 10 images a dataset
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split fresh
@@ -39,7 +39,8 @@ as its untouched figure.
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split recheck
     .venv/bin/python benchmarks/audit_detectors.py --n 20 --split sequel
     .venv/bin/python benchmarks/audit_detectors.py --n 100 --split wide
-    .venv/bin/python benchmarks/audit_detectors.py --n 100 --split broad    # the untouched split now
+    .venv/bin/python benchmarks/audit_detectors.py --n 100 --split broad    # run once, after freezing
+    .venv/bin/python benchmarks/audit_detectors.py --n 100 --split spare    # the untouched split now
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10, help="images per dataset")
     parser.add_argument("--split", choices=["both", "all", *photolike.SPLIT_SEEDS], default="both",
-                        help="both: tuning and held-out; all: tuning, held-out and fresh (final, confirm, verify, recheck, sequel, wide and broad only by name)")
+                        help="both: tuning and held-out; all: tuning, held-out and fresh (final, confirm, verify, recheck, sequel, wide, broad and spare only by name)")
     args = parser.parse_args()
     vocab = load_vocabulary(("food.korean",))
     groups = {"both": ["tuning", "held-out"], "all": ["tuning", "held-out", "fresh"]}

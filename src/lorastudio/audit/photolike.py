@@ -49,11 +49,12 @@ BACKDROPS = {  # name -> (rgb, attribute id)
 # verify's end), added once verify had been run, nor "sequel" (past recheck's end), added once
 # recheck had been run, nor "wide" (past sequel's end), added once sequel had been run and meant
 # to be run at --n 100: 150 planted images a look, so one image is 0.7 points, not 3.3; nor
-# "broad" (past wide's end), added the same way once wide had been run.
+# "broad" (past wide's end), added the same way once wide had been run, nor "spare" (past
+# broad's end), added once broad had been run.
 SPLIT_SEEDS = {"tuning": 0, "held-out": 1_000_003, "fresh": 3_000_000_019, "final": 9_000_000_011,
                "confirm": 20_000_000_003, "verify": 33_000_000_017, "recheck": 50_000_000_021,
                "sequel": 70_000_000_027, "wide": 90_000_000_029,
-               "broad": 110_000_000_031}
+               "broad": 110_000_000_031, "spare": 130_000_000_033}
 FOOD = [(0.55, 0.22, 0.10), (0.70, 0.40, 0.12), (0.62, 0.16, 0.12), (0.80, 0.62, 0.30), (0.45, 0.30, 0.18)]
 GARNISH = {"sesame": (0.93, 0.87, 0.70), "green_onion": (0.30, 0.62, 0.22), "chili": (0.80, 0.12, 0.08)}
 
