@@ -5,7 +5,11 @@ guidance embedding, RoPE axes 16/56/56) with a few blocks (default 2 double + 4 
 the real FLUX.1 VAE and CLIP-L shapes, and a T5 at T5-XXL width (d_model 4096, 64 heads,
 d_ff 10240) but only `--t5-layers` layers; random weights, built once under /tmp. Batch 1,
 rank 16, alpha 16, the `attn` preset (the diffusers example's 12 + 3 modules per block),
-fp32 on the CPU, T5 at 512 tokens (dev). Each row runs in its own process (own peak RSS):
+fp32 on the CPU, T5 at 512 tokens (dev). `--precision bf16` runs all three rows the way the
+example runs with --mixed_precision bf16: frozen weights in bf16, LoRA weights in fp32, bf16
+autocast. lorastudio runs train.mixed_precision bf16 with model.dtype float32, since it keeps
+bf16 Flux base weights for CUDA GPUs: its frozen weights stay fp32 under the autocast. On a
+CPU bf16 wants bf16 instructions (avx512_bf16 / AMX). Each row runs in its own process (own peak RSS):
 
 - lorastudio: `lorastudio train` with latent + text caches (VAE and text encoders released
   once cached). Median s/step after warm-up from metrics.jsonl; the cache cost is separate.
@@ -18,6 +22,7 @@ Targets (issue 12): lorastudio >= 1.3x the reference, within 10% of the lower bo
 Heavy on a 2-core CPU: run it under `flock /tmp/heavy.lock`.
 
 Usage: python benchmarks/train_step_flux.py [--res 512] [--warmup 1] [--steps 2] [--double 2 --single 4]
+       python benchmarks/train_step_flux.py --res 512 --steps 5 --precision bf16
 """
 
 from __future__ import annotations
@@ -116,7 +121,7 @@ def run_lorastudio(args: argparse.Namespace) -> dict:
         "data": {"datasets": [str(ensure_dataset(args.res))]},
         "network": {"rank": RANK, "alpha": float(RANK), "targets": "attn"},
         "train": {"max_steps": args.warmup + args.steps, "batch_size": 1, "lr": 1e-4, "cache": "disk", "cache_dir": str(cache),
-                  "max_grad_norm": 1.0, "mixed_precision": "no"},
+                  "max_grad_norm": 1.0, "mixed_precision": "bf16" if _bf16(args) else "no"},
         "flux": {"t5_max_length": T5_LEN},
         "sample": {"at_start": False, "prompts": []},
         "save": {"every_n_steps": None, "formats": ["diffusers"]},
@@ -137,6 +142,16 @@ def run_lorastudio(args: argparse.Namespace) -> dict:
             "peak_rss_gb": rows[-1]["peak_rss_mb"] / 1024, "cache_s": cache_s}
 
 
+def _bf16(args: argparse.Namespace) -> bool:
+    return args.precision == "bf16"
+
+
+def _autocast(args: argparse.Namespace):
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=_bf16(args))
+
+
 def _load(args: argparse.Namespace, with_encoders: bool):
     import torch
     from diffusers import FluxPipeline
@@ -149,10 +164,14 @@ def _load(args: argparse.Namespace, with_encoders: bool):
     for part in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         if part is not None:
             part.requires_grad_(False)
+            if _bf16(args):  # as the example: frozen weights in the mixed-precision dtype
+                part.to(torch.bfloat16)
     torch.manual_seed(0)
     targets = get_family("flux").target_modules(pipe.transformer, "attn")
     attach_lora(pipe.transformer, rank=RANK, alpha=float(RANK), target_modules=targets)
     params = [p for p in pipe.transformer.parameters() if p.requires_grad]
+    for p in params:  # trainable (LoRA) weights stay fp32, as the example's cast_training_params
+        p.data = p.data.float()
     return pipe, params, torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
 
 
@@ -196,7 +215,7 @@ def run_loop(args: argparse.Namespace, role: str) -> dict:
     pixels, gen = _pixels(args.res), torch.Generator().manual_seed(0)
 
     def encode():
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(args):
             z = pipe.vae.encode(pixels).latent_dist.sample(generator=gen)
             latents = (z - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
             embeds, pooled, _ = pipe.encode_prompt(CAPTION, prompt_2=CAPTION, max_sequence_length=T5_LEN)
@@ -212,7 +231,8 @@ def run_loop(args: argparse.Namespace, role: str) -> dict:
     for _ in range(args.warmup + args.steps):
         start = time.perf_counter()
         latents, embeds, pooled = fixed if fixed is not None else encode()
-        _transformer_step(pipe, params, optimizer, latents, embeds, pooled, gen)
+        with _autocast(args):
+            _transformer_step(pipe, params, optimizer, latents, embeds, pooled, gen)
         times.append(time.perf_counter() - start)
     return {"s_per_step": statistics.median(times[args.warmup:]),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
@@ -227,6 +247,8 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=4)
     parser.add_argument("--t5-layers", type=int, default=2)
     parser.add_argument("--role", choices=["all", "lorastudio", "reference", "floor"], default="all")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: frozen weights in bf16, LoRA in fp32, bf16 autocast, in all three rows")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -247,7 +269,7 @@ def main() -> None:
     ours, ref, floor = (rows[k]["s_per_step"] for k in ("lorastudio", "reference", "floor"))
     print(f"speed-up vs reference: {ref / ours:.2f}x (target >= 1.3x); lorastudio / lower bound: {ours / floor:.3f} "
           f"(target <= 1.10); {args.double} double + {args.single} single blocks, width 3072, {args.res} px, batch 1, "
-          f"rank {RANK}, fp32, T5 {T5_LEN} tokens, medians of {args.steps} steps after {args.warmup} warm-up")
+          f"rank {RANK}, {args.precision}, T5 {T5_LEN} tokens, medians of {args.steps} steps after {args.warmup} warm-up")
 
 
 if __name__ == "__main__":
